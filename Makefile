@@ -1,0 +1,55 @@
+# ami-factory: every target installs what it needs first, so a fresh Debian 12 machine
+# (as root) needs nothing but `make demo` or `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FACTORY := $(VENV)/bin/factory
+APT_PACKAGES := packer openssh-server debootstrap util-linux iproute2 git
+STATE := .factory
+PYTEST_ARGS ?=
+
+.PHONY: setup system venv demo test test-unit lint bench clean
+
+setup: system venv
+
+# apt packages, only when something is missing
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing (run as root or install them)"; exit 2; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# the virtualenv, rebuilt only when pyproject.toml changes
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 2>/dev/null
+	@$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import factory" && touch $@
+
+demo: setup
+	@bash bench/../infra/demo.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check factory tests bench
+	$(VENV)/bin/ruff format --check factory tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	-$(FACTORY) local down --state-dir $(STATE)/local 2>/dev/null
+	rm -rf $(STATE)/builds

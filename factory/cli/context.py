@@ -1,0 +1,74 @@
+"""What every command gets: parsed global options, and the config and clients built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from factory.aws import AwsClients, AwsTarget
+from factory.config import FactoryConfig, load_config
+from factory.output import Progress, emit
+
+OUTPUT_CHOICES = ("text", "json")
+
+
+@dataclass
+class CliContext:
+    config_file: str | None
+    region: str | None
+    profile: str | None
+    output: str
+    debug: bool
+    quiet: bool
+    _config: FactoryConfig | None = field(default=None, repr=False)
+    _clients: dict[str, AwsClients] = field(default_factory=dict, repr=False)
+
+    @property
+    def config(self) -> FactoryConfig:
+        if self._config is None:
+            self._config = load_config(
+                config_file=Path(self.config_file) if self.config_file else None,
+                region=self.region,
+                profile=self.profile,
+            )
+        return self._config
+
+    def clients(self, region: str | None = None) -> AwsClients:
+        """Clients for the configured account in `region` (default: the configured one)."""
+        cfg = self.config
+        region = region or cfg.region
+        if region not in self._clients:
+            self._clients[region] = AwsClients(
+                AwsTarget(region, cfg.profile, cfg.role_arn, cfg.endpoint_url)
+            )
+        return self._clients[region]
+
+    def progress(self) -> Progress:
+        # JSON output keeps stderr quiet only when asked; progress never touches stdout
+        return Progress(quiet=self.quiet)
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def emit(self, result: Any, human: str | None = None) -> None:
+        emit(result, self.output, human)
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+def output_option(fn: Any) -> Any:
+    """`--output json` on every command, as well as on the group."""
+
+    def _set(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.find_object(CliContext).output = value
+
+    return click.option(
+        "--output", "-O", type=click.Choice(OUTPUT_CHOICES), default=None, expose_value=False,
+        callback=_set, help="Result format: text or json.",
+    )(fn)

@@ -1,0 +1,69 @@
+"""One error family: a message for people and the exit code the CLI returns."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes, decided here and nowhere else."""
+
+    OK = 0
+    FAILED = 1  # the work ran and its answer is "no" (a failed build, test, check)
+    USAGE = 2  # bad input or set-up: nothing was changed, the message says what to do
+    INTERRUPTED = 130  # SIGINT (Ctrl-C)
+    TERMINATED = 143  # SIGTERM
+
+
+class FactoryError(Exception):
+    """An error with a one-line message meant for the person running the factory."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(FactoryError):
+    """Bad input: a flag, a variable, a config file, a family name."""
+
+
+class AwsError(FactoryError):
+    """An AWS call failed; the message names the call and AWS's reason."""
+
+    exit_code = ExitCode.FAILED
+
+
+class PackerError(FactoryError):
+    """Packer failed; the message carries Packer's own error lines."""
+
+    exit_code = ExitCode.FAILED
+
+
+class VerificationError(FactoryError):
+    """An image failed (or could not run) its tests."""
+
+    exit_code = ExitCode.FAILED
+
+
+class RefusedError(FactoryError):
+    """A safety rule refused the operation (unverified image, stateful group, ...)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class Interrupted(FactoryError):  # noqa: N818 - it is a signal, not a bug
+    """The command was interrupted by a signal after cleaning up."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; cleaned up", code)
+        self.signum = signum
