@@ -49,7 +49,7 @@ class CallCounter:
 
     def record(self, event_name: str, **_: Any) -> None:
         # event names look like "before-call.ec2.DescribeImages"
-        op = event_name.split(".", 1)[1] if "." in event_name else event_name
+        op = event_name.rsplit(".", 1)[-1]
         with self._lock:
             self.calls[op] = self.calls.get(op, 0) + 1
 
