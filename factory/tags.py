@@ -32,6 +32,7 @@ KEEP = "factory:keep"  # any value: retire never touches this image
 RETIRE_PHASE = "factory:retire-phase"  # deprecated (then the image is gone)
 PROMOTED_FROM = "factory:promoted-from"  # source-account:region:ami of a copy
 STATEFUL = "factory:stateful"  # on an Auto Scaling group: "true" refuses rollout without --force
+VERIFY_RUN = "factory:verify-run"  # on verify's instance, key pair and group: cleanup finds them
 
 
 class Status(StrEnum):
