@@ -1,0 +1,131 @@
+"""Test helpers: factory-tagged AMIs as a build would leave them, registered through the EC2 API."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from factory import tags as T
+from factory.aws import AwsClients, tag_list
+from factory.provenance import BuildFacts, FileDigest, sha256_file
+
+_counter = itertools.count(1)
+
+
+def register_base(clients: AwsClients, name: str = "debian-12-amd64-test") -> str:
+    """A non-factory image (the root base image)."""
+    return register(clients, name, {})
+
+
+def register(clients: AwsClients, name: str, image_tags: dict[str, str]) -> str:
+    ec2 = clients.client("ec2")
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    volume = ec2.create_volume(AvailabilityZone=zone, Size=8)["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ami = ec2.register_image(
+        Name=f"{name}-{next(_counter)}",
+        Architecture="x86_64",
+        RootDeviceName="/dev/xvda",
+        VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}],
+    )["ImageId"]
+    if image_tags:
+        ec2.create_tags(Resources=[ami], Tags=tag_list(image_tags))
+    return str(ami)
+
+
+def build_tags(
+    family: str,
+    version: str,
+    source_ami: str,
+    *,
+    status: T.Status = T.Status.VERIFIED,
+    created: datetime | None = None,
+    build_id: str | None = None,
+) -> dict[str, str]:
+    created = created or datetime.now(UTC)
+    return {
+        T.FAMILY: family,
+        T.VERSION: version,
+        T.BUILD_ID: build_id or f"{family}-{version}-build",
+        T.GIT_COMMIT: "0123456789abcdef0123456789abcdef01234567",
+        T.GIT_DIRTY: "false",
+        T.TEMPLATE_DIGEST: "ab" * 32,
+        T.SOURCE_AMI: source_ami,
+        T.PACKER_VERSION: "1.6.6",
+        T.FACTORY_VERSION: "0.1.0",
+        T.STATUS: status.value,
+        T.CREATED_AT: created.isoformat(timespec="seconds"),
+    }
+
+
+def register_factory_image(
+    clients: AwsClients,
+    family: str,
+    version: str,
+    source_ami: str,
+    *,
+    status: T.Status = T.Status.VERIFIED,
+    age_days: float = 0,
+) -> str:
+    created = datetime.now(UTC) - timedelta(days=age_days)
+    return register(
+        clients, f"{family}-{version}", build_tags(family, version, source_ami, status=status,
+                                                  created=created)
+    )
+
+
+def make_repo(root: Path, family: str = "web") -> dict[str, list[Path]]:
+    """A small repository: a template, two provisioners and a test suite."""
+    files = {
+        "template": [root / "templates" / family / "image.pkr.hcl.j2",
+                     root / "templates" / family / "vars.json"],
+        "provisioner": [root / "provisioners" / "base.sh", root / "provisioners" / f"{family}.sh"],
+        "test-suite": [root / "templates" / family / "tests" / "test_image.py"],
+    }
+    for paths in files.values():
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"# {path.name}\necho {path.stem}\n")
+    return files
+
+
+def facts_for(
+    root: Path, files: dict[str, list[Path]], family: str, version: str, source_ami: str,
+    image_tags: dict[str, str],
+) -> BuildFacts:
+    digests = tuple(
+        FileDigest(p.relative_to(root).as_posix(), sha256_file(p), role)
+        for role, paths in files.items()
+        for p in paths
+    )
+    return BuildFacts(
+        family=family,
+        version=version,
+        build_id=image_tags[T.BUILD_ID],
+        source_ami=source_ami,
+        files=digests,
+        git_commit=image_tags[T.GIT_COMMIT],
+        git_dirty=False,
+        packer_version=image_tags[T.PACKER_VERSION],
+        factory_version=image_tags[T.FACTORY_VERSION],
+        template_digest=image_tags[T.TEMPLATE_DIGEST],
+    )
+
+
+JUNIT_PASS = b"""<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="0" failures="0" skipped="1" tests="5" time="1.2">
+<testcase classname="test_image" name="test_sshd" time="0.1"/></testsuite></testsuites>
+"""
+
+JUNIT_FAIL = b"""<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="0" failures="2" skipped="0" tests="5" time="1.2">
+</testsuite></testsuites>
+"""
+
+
+def tags_of(clients: AwsClients, ami_id: str) -> dict[str, str]:
+    image: dict[str, Any] = clients.client("ec2").describe_images(ImageIds=[ami_id])["Images"][0]
+    return {t["Key"]: t["Value"] for t in image.get("Tags", [])}
