@@ -31,6 +31,7 @@ log = logging.getLogger("factory.localcloud")
 EXTENSIONS = (
     "factory.localcloud.ext_images",
     "factory.localcloud.ext_refresh",
+    "factory.localcloud.ext_kms",
 )
 
 
