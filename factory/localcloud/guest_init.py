@@ -231,7 +231,9 @@ def start_user_data(cfg: dict[str, Any]) -> subprocess.Popen[bytes] | None:
     console(f"localcloud: running user data ({len(script)} bytes)")
     proc = subprocess.Popen([path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
-    threading.Thread(target=_tee_output, args=(proc,), daemon=True).start()
+    tee = threading.Thread(target=_tee_output, args=(proc,), daemon=True)
+    tee.start()
+    proc.tee = tee  # type: ignore[attr-defined]
     return proc
 
 
@@ -298,6 +300,7 @@ def main(cfg_path: str) -> int:
                 continue
             if user_data is not None and pid == user_data.pid:
                 code = os.waitstatus_to_exitcode(wait_status)
+                user_data.tee.join(5.0)  # type: ignore[attr-defined]
                 write_file(f"{CLOUD_DIR}/data/user-data-result", f"{code}\n")
                 console(f"localcloud: user data exited {code}")
                 status.update(user_data=code)
