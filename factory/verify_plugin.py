@@ -1,0 +1,92 @@
+"""The pytest plugin `factory verify` loads into its test run (`pytest -p factory.verify_plugin`).
+
+Two things the image suites need and stock pytest-testinfra does not give:
+
+- host key pinning: testinfra's paramiko backend accepts any host key (`WarningPolicy`) and
+  ignores `UserKnownHostsFile`; the backend registered here for `paramiko://` reads the
+  known_hosts file and `StrictHostKeyChecking yes` from the ssh_config it is given, so the
+  connection fails unless the instance presents the key it printed on its console;
+- the `image` fixture: the AMI under test (its id, tags, family, the verifier's public key),
+  read from the JSON file named by FACTORY_VERIFY_CONTEXT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+import testinfra.backend
+from testinfra.backend.paramiko import ParamikoBackend
+
+CONTEXT_ENV = "FACTORY_VERIFY_CONTEXT"
+
+
+class PinnedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
+    """testinfra's paramiko backend, honouring UserKnownHostsFile and StrictHostKeyChecking yes."""
+
+    def _load_ssh_config(
+        self,
+        client: paramiko.SSHClient,
+        cfg: dict[str, Any],
+        ssh_config: paramiko.SSHConfig,
+        ssh_config_dir: str = "~/.ssh",
+    ) -> None:
+        super()._load_ssh_config(client, cfg, ssh_config, ssh_config_dir)
+        options = ssh_config.lookup(self.host.name)
+        for known_hosts in options.get("userknownhostsfile", "").split():
+            path = Path(os.path.expanduser(known_hosts))
+            if path.is_file():
+                client.load_host_keys(str(path))
+        if options.get("stricthostkeychecking") == "yes":
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In verify's pytest process, `paramiko://` hosts get the pinned backend."""
+    testinfra.backend.BACKENDS["paramiko"] = f"{__name__}.PinnedParamikoBackend"
+
+
+@dataclass(frozen=True)
+class ImageUnderTest:
+    """The AMI a suite is verifying, as `factory verify` launched it."""
+
+    ami_id: str
+    region: str
+    name: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    ssh_user: str = "admin"
+    verifier_public_key: str = ""
+    instance_id: str = ""
+    address: str = ""
+
+    @property
+    def family(self) -> str | None:
+        return self.tags.get("factory:family")
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ImageUnderTest:
+        return cls(
+            ami_id=str(doc["ami_id"]),
+            region=str(doc.get("region", "")),
+            name=str(doc.get("name", "")),
+            tags={str(k): str(v) for k, v in dict(doc.get("tags", {})).items()},
+            ssh_user=str(doc.get("ssh_user", "admin")),
+            verifier_public_key=str(doc.get("verifier_public_key", "")),
+            instance_id=str(doc.get("instance_id", "")),
+            address=str(doc.get("address", "")),
+        )
+
+
+@pytest.fixture(scope="session")
+def image() -> ImageUnderTest:
+    """The AMI under test; tests that need it are skipped outside `factory verify`."""
+    path = os.environ.get(CONTEXT_ENV)
+    if not path:
+        pytest.skip(f"not run by `factory verify` ({CONTEXT_ENV} is not set)")
+    return ImageUnderTest.from_json(json.loads(Path(path).read_text()))
