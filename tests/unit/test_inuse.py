@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from moto import mock_aws
 
@@ -171,7 +170,7 @@ def test_every_kind_of_use_is_found(aws: None) -> None:
     shared = launch_permission_usages(own, [amis["shared"], amis["unused"]])
     assert [(u.ami_id, u.kind) for u in shared] == [(amis["shared"], UsageKind.SHARED)]
     assert "111122223333" in shared[0].resource
-    assert report.scopes == (f"123456789012/us-east-1", f"{OTHER}/us-east-1")
+    assert report.scopes == ("123456789012/us-east-1", f"{OTHER}/us-east-1")
     assert report.api_calls == sum(report.calls_by_operation.values()) > 0
 
 
