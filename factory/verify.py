@@ -104,6 +104,7 @@ class ImageFacts:
     ami_id: str
     name: str
     state: str
+    owner_id: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -127,6 +128,7 @@ class VerifyTarget:
     family: str | None
     suite: Suite
     tags: Mapping[str, str] = field(default_factory=dict)
+    tag_verdict: bool = True  # only our own images get the verdict tags (AWS refuses others)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ def describe_images(clients: AwsClients, ami_ids: Sequence[str]) -> tuple[ImageF
             ami_id=image["ImageId"],
             name=image.get("Name", ""),
             state=image.get("State", "unknown"),
+            owner_id=str(image.get("OwnerId", "")),
             tags=tags_dict(image.get("Tags")),
         )
         for image in paginate(
@@ -202,9 +205,12 @@ def load_suite(dirs: Sequence[Path]) -> Suite:
 
 def plan_verify(
     region: str,
+    account_id: str,
     images: Sequence[ImageFacts],
     suites: Mapping[str, Suite],
     settings: VerifySettings,
+    *,
+    default_suite: bool = True,
 ) -> VerifyPlan:
     """Which images to verify with which suite (`suites` is keyed by AMI id); pure."""
     if settings.parallel < 1:
@@ -225,9 +231,14 @@ def plan_verify(
             raise RefusedError(
                 f"{image.ami_id} is revoked ({reason}); verify refuses revoked images"
             )
-        if image.family is None:
+        if image.family is None and default_suite:
             warnings.append(
                 f"{image.ami_id} has no {tags.FAMILY} tag: only the shared suite applies"
+            )
+        own = image.owner_id in ("", account_id)
+        if not own:
+            warnings.append(
+                f"{image.ami_id} belongs to account {image.owner_id}: its verdict is not tagged"
             )
         targets.append(
             VerifyTarget(
@@ -236,6 +247,7 @@ def plan_verify(
                 family=image.family,
                 suite=suites[image.ami_id],
                 tags=dict(image.tags),
+                tag_verdict=own,
             )
         )
     return VerifyPlan(
@@ -504,11 +516,14 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    results: tuple[VerifyResult, ...]
+    """What `factory verify` prints: every image's result."""
 
-    @property
-    def all_verified(self) -> bool:
-        return all(r.ok for r in self.results)
+    results: tuple[VerifyResult, ...]
+    all_verified: bool
+
+    @classmethod
+    def of(cls, results: Sequence[VerifyResult]) -> VerifyReport:
+        return cls(results=tuple(results), all_verified=all(r.ok for r in results))
 
 
 def parse_junit(xml_text: str) -> TestSummary:
@@ -1138,7 +1153,7 @@ class _Verification:
         proc = process.run(
             argv,
             env=env,
-            cwd=res.workdir,
+            cwd=suite_root(self.target.suite.dirs),  # -v prints node ids relative to it
             timeout=self.settings.suite_timeout,
             on_stdout_line=on_line,
             error_class=VerificationError,
@@ -1177,7 +1192,8 @@ class _Verification:
         summary_path.write_text(json.dumps(document, indent=2) + "\n")
         result_digest = _sha256_file(summary_path)
         verdict = verdict_tags(outcome, self.target.suite.digest, result_digest, finished_at)
-        call(self.ec2, "CreateTags", Resources=[self.target.ami_id], Tags=tag_list(verdict))
+        if self.target.tag_verdict:
+            call(self.ec2, "CreateTags", Resources=[self.target.ami_id], Tags=tag_list(verdict))
         word = "verified" if outcome is Outcome.VERIFIED else "FAILED"
         self.say(
             f"{word}: {summary.passed} passed, {summary.failed + summary.errors} failed, "
@@ -1197,7 +1213,7 @@ class _Verification:
             result_digest=result_digest,
             junit_path=junit_path,
             summary_path=summary_path,
-            tagged_status=verdict[tags.STATUS],
+            tagged_status=verdict[tags.STATUS] if self.target.tag_verdict else None,
             verified_at=finished_at,
         )
 
@@ -1452,7 +1468,14 @@ def plan_for(
         if dirs not in by_dirs:
             by_dirs[dirs] = load_suite(dirs)
         suites[image.ami_id] = by_dirs[dirs]
-    return plan_verify(clients.region, images, suites, settings)
+    return plan_verify(
+        clients.region,
+        clients.account_id,
+        images,
+        suites,
+        settings,
+        default_suite=not suite_dirs,
+    )
 
 
 def require_verified(results: Sequence[VerifyResult]) -> None:
