@@ -45,6 +45,7 @@ BASE_IMAGE_CREATED = datetime(2025, 5, 20, 21, 20, tzinfo=timezone.utc)
 
 _runtime: RuntimeGetter = lambda: None  # noqa: E731 - replaced by install()
 _installed = False
+_originals: list[tuple[type, str, Any]] = []
 
 
 def base_ami_id(region: str) -> str:
@@ -62,6 +63,21 @@ def install(runtime: RuntimeGetter) -> None:
     for account in list(ec2_backends.keys()):
         for region in list(ec2_backends[account].keys()):
             _add_base_image(ec2_backends[account][region])
+
+
+def uninstall() -> None:
+    """Put moto's own methods back (for tests that share a process with plain moto)."""
+    global _runtime, _installed  # noqa: PLW0603
+    for cls, name, original in reversed(_originals):
+        setattr(cls, name, original)
+    _originals.clear()
+    _runtime = lambda: None  # noqa: E731
+    _installed = False
+
+
+def _replace(cls: type, name: str, value: Any) -> None:
+    _originals.append((cls, name, cls.__dict__[name]))
+    setattr(cls, name, value)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -158,6 +174,9 @@ def _patch() -> None:  # noqa: PLR0915 - one place that lists every hook
         reservation = run_instances(self, *args, **kwargs)
         for instance in reservation.instances:
             _launch(instance)
+        runtime = _runtime()
+        if runtime is not None:
+            runtime.wait_booted([instance.id for instance in reservation.instances])
         return reservation
 
     def _start_hook(self: Any) -> Any:
@@ -168,6 +187,7 @@ def _patch() -> None:  # noqa: PLR0915 - one place that lists every hook
             _set_address(self, address)
             _set_state(self, "pending", 0)
             runtime.start_instance(self.id, on_running=lambda: _set_state(self, "running", 16))
+            runtime.wait_booted([self.id])
         return previous
 
     def _stop_hook(self: Any) -> Any:
@@ -226,18 +246,18 @@ def _patch() -> None:  # noqa: PLR0915 - one place that lists every hook
             "Output": Base64EncodedString.from_raw_string(tail),
         })
 
-    AmiBackend._load_amis = _load_amis_hook  # type: ignore[method-assign]
-    InstanceBackend.run_instances = _run_instances_hook  # type: ignore[method-assign]
-    AmiBackend.create_image = _create_image_hook  # type: ignore[method-assign]
-    AmiBackend.copy_image = _copy_image_hook  # type: ignore[method-assign]
-    AmiBackend.deregister_image = _deregister_image_hook  # type: ignore[method-assign]
-    Instance.start = _start_hook  # type: ignore[method-assign]
-    Instance.stop = _stop_hook  # type: ignore[method-assign]
-    Instance.reboot = _reboot_hook  # type: ignore[method-assign]
-    Instance.terminate = _terminate_hook  # type: ignore[method-assign]
-    Instance.instance_status = property(_instance_status)  # type: ignore[assignment,method-assign]
-    Instance.system_status = property(_system_status)  # type: ignore[assignment,method-assign]
-    General.get_console_output = _console_output_hook  # type: ignore[method-assign]
+    _replace(AmiBackend, "_load_amis", _load_amis_hook)
+    _replace(InstanceBackend, "run_instances", _run_instances_hook)
+    _replace(AmiBackend, "create_image", _create_image_hook)
+    _replace(AmiBackend, "copy_image", _copy_image_hook)
+    _replace(AmiBackend, "deregister_image", _deregister_image_hook)
+    _replace(Instance, "start", _start_hook)
+    _replace(Instance, "stop", _stop_hook)
+    _replace(Instance, "reboot", _reboot_hook)
+    _replace(Instance, "terminate", _terminate_hook)
+    _replace(Instance, "instance_status", property(_instance_status))
+    _replace(Instance, "system_status", property(_system_status))
+    _replace(General, "get_console_output", _console_output_hook)
 
 
 def _check(status: str, detail: str) -> dict[str, Any]:

@@ -59,6 +59,9 @@ log = logging.getLogger("factory.localcloud.runtime")
 INSTANCES_DIR = "instances"
 LAYERS_DIR = "layers"
 BOOT_TIMEOUT = 30.0
+# RunInstances/StartInstances wait this long for sshd, so that clients (Packer polls every
+# 15 s) usually see "running" in their first DescribeInstances; slower boots stay pending.
+SYNC_BOOT_WAIT = 5.0
 SSH_PORT = 22
 
 HEALTH_PENDING = "pending"
@@ -80,8 +83,8 @@ def port_free(address: str, port: int = SSH_PORT) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((address, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE  # EACCES (not root): cannot tell, assume free
     return True
 
 
@@ -158,6 +161,7 @@ class InstanceRecord:
     state: str = "pending"  # pending | running | stopped | terminated
     boot_failed: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
+    settled: threading.Event = field(default_factory=threading.Event)  # left "pending"
 
 
 def user_data_b64(value: Any) -> str:
@@ -365,13 +369,23 @@ class InstanceRuntime:
         with self._lock:
             return self.instances.get(instance_id)
 
+    def wait_booted(self, instance_ids: list[str], timeout: float = SYNC_BOOT_WAIT) -> None:
+        """Wait (up to `timeout` in all) until these instances have left "pending"."""
+        deadline = time.monotonic() + timeout
+        for instance_id in instance_ids:
+            record = self._record(instance_id)
+            if record is not None:
+                record.settled.wait(max(0.0, deadline - time.monotonic()))
+
     def _boot(self, record: InstanceRecord, on_running: Any, *, wait: bool = False) -> None:
         record.state = "pending"
         record.boot_failed = False
+        record.settled.clear()
         if record.sandbox is None:
             record.state = "running"
             if on_running is not None:
                 on_running()
+            record.settled.set()
             return
         spec = BootSpec(
             instance_id=record.instance_id,
@@ -388,6 +402,7 @@ class InstanceRuntime:
             assert record.sandbox is not None
             ready = record.sandbox.wait_ready(BOOT_TIMEOUT)
             if record.state != "pending":
+                record.settled.set()
                 return  # stopped or terminated meanwhile
             if not ready:
                 record.boot_failed = True
@@ -396,6 +411,7 @@ class InstanceRuntime:
             record.state = "running"
             if on_running is not None:
                 on_running()
+            record.settled.set()
 
         if wait:
             _wait()
