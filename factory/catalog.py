@@ -203,9 +203,9 @@ def refuse_revoked_parent(clients: AwsClients, source_ami: str) -> None:
     """For builds: raise RefusedError if the source (parent) image is revoked."""
     image = describe_image(clients, source_ami)
     if image is not None and is_revoked(tags_dict(image.get("Tags"))):
+        reason = tags_dict(image.get("Tags")).get(T.REVOKED_REASON, "no reason recorded")
         raise RefusedError(
-            f"source image {source_ami} is revoked ({tags_dict(image.get('Tags')).get(T.REVOKED_REASON, 'no reason')}); "
-            "build from another parent"
+            f"source image {source_ami} is revoked ({reason}); build from another parent"
         )
 
 
@@ -395,7 +395,7 @@ def apply_revoke(plan: RevokePlan, clients: AwsClients) -> RevokeResult:
         try:
             ec2.enable_image_deprecation(ImageId=target.ami_id, DeprecateAt=deprecate_at)
             deprecation = f"enabled at {deprecate_at.isoformat()}"
-        except Exception as exc:  # noqa: BLE001 - only "not implemented" is tolerated
+        except Exception as exc:
             if not _unsupported(exc):
                 with aws_errors(f"ec2:EnableImageDeprecation {target.ami_id}"):
                     raise

@@ -269,9 +269,7 @@ def plan_channel_rollback(
     try:
         refuse_unpublishable(target_image, family)
     except RefusedError as exc:
-        raise RefusedError(
-            f"cannot roll back to version {target.version}: {exc.message}"
-        ) from None
+        raise RefusedError(f"cannot roll back to version {target.version}: {exc.message}") from None
     return ChannelPlan(
         family=family,
         channel=channel,
@@ -291,8 +289,14 @@ def apply_channel(plan: ChannelPlan, clients: AwsClients) -> ChannelChange:
     if plan.no_change:
         state = channel_state(clients, plan.family, plan.channel)
         return ChannelChange(
-            plan.family, plan.channel, plan.parameter, plan.ami_id, plan.previous_ami,
-            state.version, plan.action, changed=False,
+            plan.family,
+            plan.channel,
+            plan.parameter,
+            plan.ami_id,
+            plan.previous_ami,
+            state.version,
+            plan.action,
+            changed=False,
         )
     note: dict[str, Any] = {
         "action": plan.action,
@@ -317,8 +321,14 @@ def apply_channel(plan: ChannelPlan, clients: AwsClients) -> ChannelChange:
         Description=description,
     )
     return ChannelChange(
-        plan.family, plan.channel, plan.parameter, plan.ami_id, plan.previous_ami,
-        int(response["Version"]), plan.action, changed=True,
+        plan.family,
+        plan.channel,
+        plan.parameter,
+        plan.ami_id,
+        plan.previous_ami,
+        int(response["Version"]),
+        plan.action,
+        changed=True,
     )
 
 
@@ -341,8 +351,13 @@ def set_channel(
     """Gather facts, plan (refusing unverified/revoked images) and apply unless dry_run."""
     check_channel(channel, channels)
     plan = plan_channel_set(
-        family, channel, find_image(clients, ami_id), channel_state(clients, family, channel),
-        reason=reason, by=caller(clients), at=datetime.now(UTC),
+        family,
+        channel,
+        find_image(clients, ami_id),
+        channel_state(clients, family, channel),
+        reason=reason,
+        by=caller(clients),
+        at=datetime.now(UTC),
     )
     return plan if dry_run else apply_channel(plan, clients)
 
@@ -360,7 +375,13 @@ def rollback_channel(
     state = channel_state(clients, family, channel)
     target = rollback_target(state.history)
     plan = plan_channel_rollback(
-        family, channel, state, find_image(clients, target.ami_id), target,
-        reason=reason, by=caller(clients), at=datetime.now(UTC),
+        family,
+        channel,
+        state,
+        find_image(clients, target.ami_id),
+        target,
+        reason=reason,
+        by=caller(clients),
+        at=datetime.now(UTC),
     )
     return plan if dry_run else apply_channel(plan, clients)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from factory import tags as T
@@ -30,6 +31,7 @@ from factory.signing import (
     PAYLOAD_TYPE,
     Envelope,
     Signer,
+    keyid_for,
     load_public_key,
     sign_envelope,
     verify_envelope,
@@ -102,8 +104,8 @@ def file_digests(root: Path, paths: Sequence[Path], role: str) -> tuple[FileDige
     """Digests of `paths` (files or folders, recursively), named relative to `root`."""
     out: list[FileDigest] = []
     root = root.resolve()
-    for path in paths:
-        path = (root / path) if not path.is_absolute() else path
+    for given in paths:
+        path = given if given.is_absolute() else root / given
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             if "__pycache__" in file.parts or file.suffix == ".pyc":
@@ -163,8 +165,12 @@ def build_statement(
     }
     dependencies: list[dict[str, Any]] = [source]
     dependencies += [
-        {"uri": f"file:{f.path}", "name": f.path, "digest": {"sha256": f.sha256},
-         "annotations": {"role": f.role}}
+        {
+            "uri": f"file:{f.path}",
+            "name": f.path,
+            "digest": {"sha256": f.sha256},
+            "annotations": {"role": f.role},
+        }
         for f in sorted(facts.files, key=lambda f: (f.role, f.path))
     ]
     if facts.git_commit:
@@ -198,7 +204,10 @@ def build_statement(
             "runDetails": {
                 "builder": {
                     "id": BUILDER_ID,
-                    "version": {"ami-factory": facts.factory_version, "packer": facts.packer_version},
+                    "version": {
+                        "ami-factory": facts.factory_version,
+                        "packer": facts.packer_version,
+                    },
                 },
                 "metadata": {
                     "invocationId": facts.build_id,
@@ -222,6 +231,7 @@ def _stage(statement: Mapping[str, Any]) -> str:
 
 def _derived(
     build: Mapping[str, Any],
+    *,
     identity: ImageIdentity,
     region: str,
     account: str,
@@ -230,7 +240,7 @@ def _derived(
     at: datetime,
 ) -> dict[str, Any]:
     """A later step's Statement: the build's definition, the image now, new byproducts."""
-    statement = json.loads(json.dumps(build))
+    statement: dict[str, Any] = json.loads(json.dumps(build))
     statement["subject"] = [subject_for(identity, region, account)]
     predicate = statement["predicate"]
     predicate["buildDefinition"]["internalParameters"]["stage"] = stage
@@ -287,7 +297,7 @@ def _get_object(clients: AwsClients, bucket: str, key: str) -> tuple[bytes, str]
     s3 = clients.client("s3")
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if error_code(exc) in {"NoSuchKey", "404", "NoSuchBucket"}:
             return None
         with aws_errors(f"s3:GetObject s3://{bucket}/{key}"):
@@ -325,7 +335,7 @@ def _append(clients: AwsClients, bucket: str, key: str, line: str) -> None:
                 Bucket=bucket, Key=key, Body=body, ContentType="application/jsonl", **condition
             )
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if error_code(exc) in {"PreconditionFailed", "ConditionalRequestConflict"}:
                 continue
             with aws_errors(f"s3:PutObject s3://{bucket}/{key}"):
@@ -460,8 +470,14 @@ def record_verification(
     junit = junit_path.read_bytes()
     summary = junit_summary(junit)
     junit_key = object_key(clients.account_id, clients.region, ami_id, ".junit.xml")
-    call(clients.client("s3"), "PutObject", Bucket=bucket, Key=junit_key, Body=junit,
-         ContentType="application/xml")
+    call(
+        clients.client("s3"),
+        "PutObject",
+        Bucket=bucket,
+        Key=junit_key,
+        Body=junit,
+        ContentType="application/xml",
+    )
     identity = ImageIdentity.from_image(_image(clients, ami_id))
     byproducts = [
         {
@@ -482,8 +498,13 @@ def record_verification(
         },
     ]
     statement = _derived(
-        build, identity, clients.region, clients.account_id, Stage.VERIFICATION, byproducts,
-        datetime.now(UTC),
+        build,
+        identity=identity,
+        region=clients.region,
+        account=clients.account_id,
+        stage=Stage.VERIFICATION,
+        byproducts=byproducts,
+        at=datetime.now(UTC),
     )
     return _record(clients, signer, ami_id, statement, bucket)
 
@@ -504,13 +525,20 @@ def record_promotion(
     byproducts = [
         {
             "name": "promoted-copy",
-            "uri": f"arn:aws:ec2:{destination_region}:{destination_account}:image/{destination_ami}",
+            "uri": (
+                f"arn:aws:ec2:{destination_region}:{destination_account}:image/{destination_ami}"
+            ),
             "annotations": {"account": destination_account, "region": destination_region},
         }
     ]
     statement = _derived(
-        build, identity, clients.region, clients.account_id, Stage.PROMOTION, byproducts,
-        datetime.now(UTC),
+        build,
+        identity=identity,
+        region=clients.region,
+        account=clients.account_id,
+        stage=Stage.PROMOTION,
+        byproducts=byproducts,
+        at=datetime.now(UTC),
     )
     return _record(clients, signer, ami_id, statement, bucket or parse_s3_uri(uri)[0])
 
@@ -547,8 +575,7 @@ def show_provenance(clients: AwsClients, ami_id: str) -> ProvenanceView:
     image = _image(clients, ami_id)
     image_tags = tags_dict(image.get("Tags"))
     uri = image_tags.get(T.PROVENANCE_URI) or (
-        f"s3://{default_bucket(clients)}/"
-        f"{object_key(clients.account_id, clients.region, ami_id)}"
+        f"s3://{default_bucket(clients)}/{object_key(clients.account_id, clients.region, ami_id)}"
     )
     steps: list[StepView] = []
     for i, (line, env) in enumerate(read_envelopes(clients, uri)):
@@ -660,13 +687,9 @@ class TrustedKeys:
                 der = call(regional.client("kms"), "GetPublicKey", KeyId=keyid)["PublicKey"]
             except FactoryError:
                 return None
-            from cryptography.hazmat.primitives import serialization
-
             key = serialization.load_der_public_key(bytes(der))
             return key if isinstance(key, ec.EllipticCurvePublicKey) else None
         if self.key_file is not None and self.key_file.is_file():
-            from factory.signing import keyid_for
-
             key = load_public_key(self.key_file.read_bytes(), str(self.key_file))
             return key if keyid_for(key) == keyid else None
         return None
@@ -712,10 +735,10 @@ def _tag_expectations(
     return {k: str(v) for k, v in expected.items() if v is not None}
 
 
-def _check_steps(
-    clients: AwsClients,
+def _check_steps(  # noqa: PLR0912 - one branch per way a line can be wrong
     ami_id: str,
     lines: list[tuple[str, Envelope | None]],
+    *,
     keys: TrustedKeys,
     identity: ImageIdentity | None,
     out: _Collector,
@@ -754,7 +777,10 @@ def _check_steps(
                 )
             else:
                 out.ok(f"{name} ({stage}): subject", f"sha256:{identity.digest[:16]}…")
-        if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
+        if (statement.get("_type"), statement.get("predicateType")) != (
+            STATEMENT_TYPE,
+            PREDICATE_TYPE,
+        ):
             out.fail(f"{name}: statement", "not an in-toto v1 Statement with a SLSA v1 predicate")
             continue
         if not problem:
@@ -765,7 +791,7 @@ def _check_steps(
     return build, verification
 
 
-def _check_tests(
+def _check_tests(  # noqa: PLR0911 - each failed condition ends the check with its reason
     clients: AwsClients,
     verification: Mapping[str, Any] | None,
     image_tags: Mapping[str, str],
@@ -832,7 +858,8 @@ def _check_files(build: Mapping[str, Any], repo: Path, out: _Collector) -> None:
         if actual != _dep_digest(dep):
             out.fail(
                 f"dependency {rel}",
-                f"{role} file {rel} differs: sha256 {actual} in {repo}, attested {_dep_digest(dep)}",
+                f"{role} file {rel} differs: sha256 {actual} in {repo}, "
+                f"attested {_dep_digest(dep)}",
             )
         else:
             checked += 1
@@ -847,7 +874,9 @@ def _git_head(repo: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _check_tags(expected: Mapping[str, str], image_tags: Mapping[str, str], out: _Collector) -> None:
+def _check_tags(
+    expected: Mapping[str, str], image_tags: Mapping[str, str], out: _Collector
+) -> None:
     bad = 0
     for key, value in sorted(expected.items()):
         actual = image_tags.get(key)
@@ -882,7 +911,9 @@ def _check_chain(
         attested = _dep_digest(source)
         identity = ImageIdentity.from_image(image) if image is not None else None
         if identity is None:
-            out.warnings.append(f"source image {parent_id} no longer exists; checked its attestation only")
+            out.warnings.append(
+                f"source image {parent_id} no longer exists; checked its attestation only"
+            )
         elif attested != identity.digest:
             out.fail(
                 label,
@@ -911,7 +942,7 @@ def _check_chain(
         upto = lines[: digests.index(wanted) + 1]
         sub = _Collector()
         parent_build, parent_verification = _check_steps(
-            clients, parent_id, upto, keys, identity, sub, f"{parent_id} "
+            parent_id, upto, keys=keys, identity=identity, out=sub, prefix=f"{parent_id} "
         )
         failures = [c for c in sub.checks if not c.ok]
         for failure in failures:
@@ -959,7 +990,9 @@ def verify_provenance(
         out.fail("attestation", f"{uri} is empty")
         return _report(ami_id, clients, uri, out, [ami_id])
     keys = TrustedKeys(clients, public_key, key_file)
-    build, verification = _check_steps(clients, ami_id, lines, keys, identity, out, "")
+    build, verification = _check_steps(
+        ami_id, lines, keys=keys, identity=identity, out=out, prefix=""
+    )
     latest = _sha(lines[-1][0])
     if image_tags.get(T.PROVENANCE_DIGEST) != latest:
         out.fail(

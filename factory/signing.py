@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from factory.aws import AwsClients, call, error_code
 from factory.config import FactoryConfig
@@ -28,7 +28,13 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 DEFAULT_KMS_ALIAS = "alias/ami-factory-provenance"
 
 # IAM permissions the signers use (infra/'s policies are derived from these).
-PERMISSIONS = ("kms:Sign", "kms:GetPublicKey", "kms:DescribeKey", "kms:CreateKey", "kms:CreateAlias")
+PERMISSIONS = (
+    "kms:Sign",
+    "kms:GetPublicKey",
+    "kms:DescribeKey",
+    "kms:CreateKey",
+    "kms:CreateAlias",
+)
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -272,14 +278,3 @@ def verify_envelope(envelope: Envelope, keys: dict[str, ec.EllipticCurvePublicKe
         known = "the given public key" if keyid not in keys else f"key {keyid}"
         problems.append(f"signature by {keyid} does not verify with {known}")
     return "; ".join(problems)
-
-
-def verify_digest_signature(
-    key: ec.EllipticCurvePublicKey, digest: bytes, signature: bytes
-) -> bool:
-    """Verify a signature over a precomputed SHA-256 digest."""
-    try:
-        key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-        return True
-    except InvalidSignature:
-        return False

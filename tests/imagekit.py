@@ -72,16 +72,19 @@ def register_factory_image(
 ) -> str:
     created = datetime.now(UTC) - timedelta(days=age_days)
     return register(
-        clients, f"{family}-{version}", build_tags(family, version, source_ami, status=status,
-                                                  created=created)
+        clients,
+        f"{family}-{version}",
+        build_tags(family, version, source_ami, status=status, created=created),
     )
 
 
 def make_repo(root: Path, family: str = "web") -> dict[str, list[Path]]:
     """A small repository: a template, two provisioners and a test suite."""
     files = {
-        "template": [root / "templates" / family / "image.pkr.hcl.j2",
-                     root / "templates" / family / "vars.json"],
+        "template": [
+            root / "templates" / family / "image.pkr.hcl.j2",
+            root / "templates" / family / "vars.json",
+        ],
         "provisioner": [root / "provisioners" / "base.sh", root / "provisioners" / f"{family}.sh"],
         "test-suite": [root / "templates" / family / "tests" / "test_image.py"],
     }
@@ -93,7 +96,11 @@ def make_repo(root: Path, family: str = "web") -> dict[str, list[Path]]:
 
 
 def facts_for(
-    root: Path, files: dict[str, list[Path]], family: str, version: str, source_ami: str,
+    root: Path,
+    files: dict[str, list[Path]],
+    family: str,
+    version: str,
+    source_ami: str,
     image_tags: dict[str, str],
 ) -> BuildFacts:
     digests = tuple(

@@ -1,4 +1,4 @@
-"""CLI commands: `factory images list|tree`, `factory channel set|rollback|show`, `factory revoke`."""
+"""CLI commands: `factory images list|tree`, `factory channel set|rollback|show`, `revoke`."""
 
 from __future__ import annotations
 
@@ -97,8 +97,9 @@ def images_list(
     if channel:
         check_channel(channel, cfg.channels)
     clients = ctx.clients()
-    images = list_images(clients, regions=cfg.regions, family=family, status=status,
-                         channel=channel)
+    images = list_images(
+        clients, regions=cfg.regions, family=family, status=status, channel=channel
+    )
     result = ImageList(cfg.regions, tuple(images))
     ctx.emit(result, render_images(images, len(cfg.regions) > 1))
 
@@ -168,12 +169,13 @@ def _change_text(result: ChannelPlan | ChannelChange) -> str:
 @click.option("--dry-run", is_flag=True, help="Show the change without making it.")
 @output_option
 @pass_cli
-def channel_set(
+def channel_set(  # noqa: PLR0917 - Click passes options positionally
     ctx: CliContext, family: str, channel: str, ami_id: str, reason: str, dry_run: bool
 ) -> None:
     """Point FAMILY's CHANNEL at AMI_ID (verified, not revoked, same family)."""
-    result = set_channel(ctx.clients(), ctx.config.channels, family, channel, ami_id,
-                         reason=reason, dry_run=dry_run)
+    result = set_channel(
+        ctx.clients(), ctx.config.channels, family, channel, ami_id, reason=reason, dry_run=dry_run
+    )
     ctx.emit(result, _change_text(result))
 
 
@@ -188,8 +190,9 @@ def channel_rollback(
     ctx: CliContext, family: str, channel: str, reason: str, dry_run: bool
 ) -> None:
     """Return FAMILY's CHANNEL to the AMI it held before."""
-    result = rollback_channel(ctx.clients(), ctx.config.channels, family, channel,
-                              reason=reason, dry_run=dry_run)
+    result = rollback_channel(
+        ctx.clients(), ctx.config.channels, family, channel, reason=reason, dry_run=dry_run
+    )
     ctx.emit(result, _change_text(result))
 
 

@@ -69,8 +69,9 @@ def render_report(report: ProvenanceReport) -> str:
     lines.append(f"  chain: {' <- '.join(report.chain)}")
     for check in report.checks:
         mark = "ok  " if check.ok else "FAIL"
-        lines.append(f"  {mark} {check.name}: {check.detail}" if check.detail else
-                     f"  {mark} {check.name}")
+        lines.append(
+            f"  {mark} {check.name}: {check.detail}" if check.detail else f"  {mark} {check.name}"
+        )
     lines += [f"  note {w}" for w in report.warnings]
     return "\n".join(lines)
 
@@ -78,11 +79,14 @@ def render_report(report: ProvenanceReport) -> str:
 @provenance_group.command("verify")
 @click.argument("ami_id")
 @click.option(
-    "--public-key", "public_key", type=click.Path(dir_okay=False, path_type=Path),
+    "--public-key",
+    "public_key",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Trust only this PEM public key (offline: no KMS call).",
 )
 @click.option(
-    "--repo", type=click.Path(file_okay=False, path_type=Path),
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Repository to recompute file digests from (default: the config's root).",
 )
 @output_option
@@ -96,8 +100,11 @@ def provenance_verify(
     if key_file is not None and not key_file.is_absolute():
         key_file = cfg.root / key_file
     report = verify_provenance(
-        ctx.clients(), ami_id, repo=(repo or cfg.root).resolve(),
-        public_key=trusted_public_key(public_key), key_file=key_file,
+        ctx.clients(),
+        ami_id,
+        repo=(repo or cfg.root).resolve(),
+        public_key=trusted_public_key(public_key),
+        key_file=key_file,
     )
     ctx.emit(report, render_report(report))
     if not report.ok:
@@ -127,8 +134,11 @@ def provenance_keygen(ctx: CliContext, path: Path) -> None:
 
 
 @provenance_group.command("public-key")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the PEM here (default: stdout).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the PEM here (default: stdout).",
+)
 @output_option
 @pass_cli
 def provenance_public_key(ctx: CliContext, out: Path | None) -> None:
@@ -137,8 +147,10 @@ def provenance_public_key(ctx: CliContext, out: Path | None) -> None:
     pem = signer.public_key_pem().decode()
     if out is not None:
         out.write_text(pem)
-    ctx.emit(KeyInfo(signer.keyid, str(out) if out else None, pem),
-             f"wrote {out} ({signer.keyid})" if out else pem.rstrip())
+    ctx.emit(
+        KeyInfo(signer.keyid, str(out) if out else None, pem),
+        f"wrote {out} ({signer.keyid})" if out else pem.rstrip(),
+    )
 
 
 COMMANDS: list[click.Command] = [provenance_group]

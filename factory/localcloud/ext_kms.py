@@ -15,6 +15,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from moto.core.exceptions import JsonRESTError
+from moto.kms.models import kms_backends
 
 from factory.localcloud.app import ActionRequest, ActionResponse, ExtensionError
 
@@ -34,9 +36,6 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 
 
 def _key(request: ActionRequest) -> Any:
-    from moto.core.exceptions import JsonRESTError
-    from moto.kms.models import kms_backends
-
     backend = kms_backends[request.account_id][request.region]
     key_id = str(request.params.get("KeyId", ""))
     try:
@@ -68,7 +67,7 @@ def _prepare(request: ActionRequest, key: Any) -> tuple[bytes, str, Any, Any]:
     message_type = str(request.params.get("MessageType") or "RAW")
     hash_cls = _HASHES[algorithm]
     if message_type == "DIGEST":
-        if len(message) != hash_cls.digest_size:
+        if len(message) != hash_cls().digest_size:
             raise ExtensionError(
                 "ValidationException",
                 f"Digest is invalid length for algorithm {algorithm}.",
@@ -84,7 +83,7 @@ def _prepare(request: ActionRequest, key: Any) -> tuple[bytes, str, Any, Any]:
         chosen = hash_cls()
     else:
         raise ExtensionError("ValidationException", f"MessageType {message_type!r} is not valid")
-    pad = None
+    pad: padding.AsymmetricPadding | None = None
     if algorithm.startswith("RSASSA_PSS"):
         pad = padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=padding.PSS.DIGEST_LENGTH)
     elif algorithm.startswith("RSASSA_PKCS1"):

@@ -52,13 +52,22 @@ def test_is_revoked(tags: dict[str, str], revoked: bool) -> None:
 
 def test_identity_digest_covers_each_field() -> None:
     image = {
-        "ImageId": "ami-1", "Name": "web", "Architecture": "x86_64",
-        "BlockDeviceMappings": [{"Ebs": {"SnapshotId": "snap-2"}}, {"Ebs": {"SnapshotId": "snap-1"}}],
+        "ImageId": "ami-1",
+        "Name": "web",
+        "Architecture": "x86_64",
+        "BlockDeviceMappings": [
+            {"Ebs": {"SnapshotId": "snap-2"}},
+            {"Ebs": {"SnapshotId": "snap-1"}},
+        ],
     }
     base = ImageIdentity.from_image(image)
     assert base.snapshot_ids == ("snap-1", "snap-2")
-    for key, value in [("ImageId", "ami-2"), ("Name", "web2"), ("Architecture", "arm64"),
-                       ("BlockDeviceMappings", [{"Ebs": {"SnapshotId": "snap-3"}}])]:
+    for key, value in [
+        ("ImageId", "ami-2"),
+        ("Name", "web2"),
+        ("Architecture", "arm64"),
+        ("BlockDeviceMappings", [{"Ebs": {"SnapshotId": "snap-3"}}]),
+    ]:
         assert ImageIdentity.from_image({**image, key: value}).digest != base.digest
 
 
@@ -131,13 +140,16 @@ def test_revoke_cascade(aws: AwsClients) -> None:
     set_channel(aws, CHANNELS, "app", "prod", ids["app"])
     catalog = list_images(aws)
     assert {r.ami_id for r in descendants_of(ids["web"], catalog)} == {
-        ids["app"], ids["api"], ids["worker"]
+        ids["app"],
+        ids["api"],
+        ids["worker"],
     }
     at = datetime(2026, 5, 1, 12, 0, 30, tzinfo=UTC)
     single = plan_revoke(find_image(aws, ids["web"]), catalog, reason="CVE", cascade=False, at=at)
     assert [t.ami_id for t in single.targets] == [ids["web"]]
-    plan = plan_revoke(find_image(aws, ids["web"]), catalog, reason="CVE-2026-1", cascade=True,
-                       at=at)
+    plan = plan_revoke(
+        find_image(aws, ids["web"]), catalog, reason="CVE-2026-1", cascade=True, at=at
+    )
     assert {t.ami_id for t in plan.targets} == {ids["web"], ids["app"], ids["api"], ids["worker"]}
     result = apply_revoke(plan, aws)
     for key in ("web", "app", "api", "worker"):

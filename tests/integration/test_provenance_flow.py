@@ -19,7 +19,7 @@ import pytest
 from imagekit import JUNIT_PASS, build_tags, facts_for, make_repo, register, register_base, tags_of
 
 from factory import tags as T
-from factory.aws import AwsClients, tag_list
+from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.config import load_config
 from factory.provenance import parse_s3_uri, record_build, record_verification
 from factory.signing import KmsSigner, signer_from_config
@@ -30,7 +30,12 @@ pytestmark = pytest.mark.integration
 def factory(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "factory", *args],
-        cwd=repo, env=dict(os.environ), capture_output=True, text=True, timeout=120, check=False,
+        cwd=repo,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -51,8 +56,17 @@ class Flow:
     signer: KmsSigner
 
 
-def _build(clients: AwsClients, repo: Path, files: dict[str, list[Path]], signer: KmsSigner,
-           family: str, version: str, source: str, *, verified: bool = True) -> str:
+def _build(
+    clients: AwsClients,
+    repo: Path,
+    files: dict[str, list[Path]],
+    signer: KmsSigner,
+    family: str,
+    version: str,
+    source: str,
+    *,
+    verified: bool = True,
+) -> str:
     status = T.Status.VERIFIED if verified else T.Status.CANDIDATE
     tags = build_tags(family, version, source, status=status, build_id=f"{family}-{version}-b")
     ami = register(clients, f"{family}-{version}", tags)
@@ -60,16 +74,15 @@ def _build(clients: AwsClients, repo: Path, files: dict[str, list[Path]], signer
     if verified:
         junit = repo / f"junit-{ami}.xml"
         junit.write_bytes(JUNIT_PASS)
-        clients.client("ec2").create_tags(Resources=[ami],
-                                          Tags=tag_list({T.RESULT_DIGEST: "ab" * 32}))
+        clients.client("ec2").create_tags(
+            Resources=[ami], Tags=tag_list({T.RESULT_DIGEST: "ab" * 32})
+        )
         record_verification(clients, signer, ami, "ab" * 32, junit)
     return ami
 
 
 @pytest.fixture(scope="module")
 def flow(local_cloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Flow:
-    from factory.aws import AwsTarget
-
     clients = AwsClients(AwsTarget("us-east-1", endpoint_url=local_cloud.endpoint_url))
     repo = tmp_path_factory.mktemp("repo")
     files = make_repo(repo)
@@ -98,8 +111,11 @@ def test_kms_signs_for_real_and_verify_passes_online_and_offline(flow: Flow) -> 
 def _verify_failures(flow: Flow, ami: str) -> tuple[int, dict[str, str], str]:
     proc = factory(flow.repo, "provenance", "verify", ami, "--output", "json")
     report = json.loads(proc.stdout)
-    return proc.returncode, {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}, \
-        proc.stderr
+    return (
+        proc.returncode,
+        {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]},
+        proc.stderr,
+    )
 
 
 def test_tampered_tag_is_named(flow: Flow) -> None:
@@ -112,8 +128,10 @@ def test_tampered_tag_is_named(flow: Flow) -> None:
         assert "the attestation says '0123456789abcdef" in failures[f"tag {T.GIT_COMMIT}"]
         assert stderr.startswith(f"error: provenance of {flow.v2} does not verify: tag")
     finally:
-        ec2.create_tags(Resources=[flow.v2],
-                        Tags=tag_list({T.GIT_COMMIT: "0123456789abcdef0123456789abcdef01234567"}))
+        ec2.create_tags(
+            Resources=[flow.v2],
+            Tags=tag_list({T.GIT_COMMIT: "0123456789abcdef0123456789abcdef01234567"}),
+        )
     assert factory(flow.repo, "provenance", "verify", flow.v2).returncode == 0
 
 
@@ -138,8 +156,9 @@ def test_tampered_s3_object_and_signature_are_named(flow: Flow) -> None:
         sig = bytearray(base64.b64decode(doc["signatures"][0]["sig"]))
         sig[-1] ^= 0x01
         doc["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
-        s3.put_object(Bucket=bucket, Key=key,
-                      Body=("\n".join([json.dumps(doc), *lines[1:]]) + "\n").encode())
+        s3.put_object(
+            Bucket=bucket, Key=key, Body=("\n".join([json.dumps(doc), *lines[1:]]) + "\n").encode()
+        )
         code, failures, _ = _verify_failures(flow, flow.v2)
         assert code == 1
         assert "does not verify" in failures["line 1 (build): signature"]
@@ -156,9 +175,10 @@ def test_swapped_template_file_is_named(flow: Flow) -> None:
         code, failures, _ = _verify_failures(flow, flow.v2)
         assert code == 1
         assert list(failures) == ["dependency templates/web/image.pkr.hcl.j2"]
-        assert "template file templates/web/image.pkr.hcl.j2 differs" in failures[
-            "dependency templates/web/image.pkr.hcl.j2"
-        ]
+        assert (
+            "template file templates/web/image.pkr.hcl.j2 differs"
+            in failures["dependency templates/web/image.pkr.hcl.j2"]
+        )
     finally:
         template.write_bytes(original)
 
@@ -166,7 +186,8 @@ def test_swapped_template_file_is_named(flow: Flow) -> None:
 def test_channels_refuse_roll_back_and_show(flow: Flow) -> None:
     r = factory(flow.repo, "channel", "set", "web", "prod", flow.candidate)
     assert r.returncode == 2 and "is candidate, not verified" in r.stderr
-    assert factory(flow.repo, "channel", "set", "web", "prod", flow.v1, "-r", "first").returncode == 0
+    first = factory(flow.repo, "channel", "set", "web", "prod", flow.v1, "-r", "first")
+    assert first.returncode == 0, first.stderr
     set2 = factory_json(flow.repo, "channel", "set", "web", "prod", flow.v2, "--reason", "second")
     assert set2["previous_ami"] == flow.v1 and set2["ami_id"] == flow.v2
     param = flow.clients.client("ssm").get_parameter(Name="/factory/web/prod")["Parameter"]
@@ -175,8 +196,10 @@ def test_channels_refuse_roll_back_and_show(flow: Flow) -> None:
     assert [i["ami_id"] for i in listed["images"]] == [flow.v2]
     back = factory_json(flow.repo, "channel", "rollback", "web", "prod", "--reason", "oops")
     assert back["ami_id"] == flow.v1 and back["action"] == "rollback"
-    assert flow.clients.client("ssm").get_parameter(
-        Name="/factory/web/prod")["Parameter"]["Value"] == flow.v1
+    assert (
+        flow.clients.client("ssm").get_parameter(Name="/factory/web/prod")["Parameter"]["Value"]
+        == flow.v1
+    )
     shown = factory(flow.repo, "channel", "show", "web")
     assert shown.returncode == 0 and "oops" in shown.stdout and "second" in shown.stdout
 
@@ -187,8 +210,9 @@ def test_revoke_cascade_then_everything_refuses_it(flow: Flow) -> None:
     assert factory(flow.repo, "provenance", "verify", child).returncode == 0
     tree = factory_json(flow.repo, "images", "tree", flow.v2)
     assert [d["node"]["ami_id"] for d in tree["descendants"]] == [child]
-    proc = factory(flow.repo, "revoke", flow.v2, "--reason", "CVE-2026-0001", "--cascade",
-                   "--output", "json")
+    proc = factory(
+        flow.repo, "revoke", flow.v2, "--reason", "CVE-2026-0001", "--cascade", "--output", "json"
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert {i["ami_id"] for i in result["images"]} == {flow.v2, child}
