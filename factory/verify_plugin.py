@@ -12,8 +12,10 @@ Two things the image suites need and stock pytest-testinfra does not give:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,19 @@ CONTEXT_ENV = "FACTORY_VERIFY_CONTEXT"
 
 
 class PinnedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
-    """testinfra's paramiko backend, honouring UserKnownHostsFile and StrictHostKeyChecking yes."""
+    """testinfra's paramiko backend, honouring UserKnownHostsFile and StrictHostKeyChecking yes.
+
+    It also turns off Nagle's algorithm on the connection: a suite is many small commands,
+    and with Nagle each one waits for a delayed ACK (about 50 ms instead of 15 ms).
+    """
+
+    @functools.cached_property
+    def client(self) -> paramiko.SSHClient:
+        client: paramiko.SSHClient = ParamikoBackend.client.func(self)
+        transport = client.get_transport()
+        if transport is not None and isinstance(transport.sock, socket.socket):
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client
 
     def _load_ssh_config(
         self,

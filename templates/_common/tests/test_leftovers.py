@@ -1,0 +1,90 @@
+"""Nothing from the build is left in the image: keys, history, credentials, scratch files.
+
+Every instance launched from the image would inherit them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+HISTORY_FILES = (
+    ".bash_history", ".zsh_history", ".sh_history", ".history", ".python_history",
+    ".lesshst", ".viminfo", ".mysql_history", ".psql_history", ".sqlite_history", ".wget-hsts",
+)
+CREDENTIAL_FILES = (
+    ".aws/credentials", ".boto", ".s3cfg", ".netrc", ".git-credentials", ".docker/config.json",
+    ".pypirc", ".npmrc", ".config/gh/hosts.yml", ".kube/config", ".vault-token",
+)
+SECRET_VARIABLES = r"AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_ACCESS_KEY_ID|VAULT_TOKEN|GITHUB_TOKEN"
+SECRET_DIRS = ("/etc", "/root", "/home", "/opt", "/srv", "/usr/local", "/var/tmp", "/tmp",
+               "/var/lib/cloud", "/var/backups")
+KEY_LINE = re.compile(r"(?:^|\s)((?:ssh|ecdsa|sk)-[\w@.-]+)\s+(AAAA[A-Za-z0-9+/]+=*)")
+
+
+def test_authorized_keys_hold_only_the_verifiers_key(root: Any, image: Any) -> None:
+    """The launch key pair (here: the verifier's) is the only way in; none baked in."""
+    verifier = KEY_LINE.search(image.verifier_public_key)
+    assert verifier, "the verifier's public key is unknown"
+    files = root.lines(
+        "find / -xdev \\( -name authorized_keys -o -name authorized_keys2 \\) -type f"
+    )
+    assert files, "the launch key pair was not installed"
+    strangers = []
+    for path in files:
+        for line in root.lines("cat %s", path):
+            if line.lstrip().startswith("#"):
+                continue
+            key = KEY_LINE.search(line)
+            if key is None or key.groups() != verifier.groups():
+                strangers.append(f"{path}: {line[:60]}")
+    assert strangers == []
+
+
+def test_no_shell_history(root: Any, homes: list[str]) -> None:
+    assert root.existing(f"{home}/{name}" for home in homes for name in HISTORY_FILES) == []
+
+
+def test_no_credential_files(root: Any, homes: list[str]) -> None:
+    paths = [f"{home}/{name}" for home in homes for name in CREDENTIAL_FILES]
+    assert root.existing([*paths, "/etc/boto.cfg"]) == []
+
+
+def test_no_cloud_secrets_in_configuration(root: Any, homes: list[str]) -> None:
+    """No AWS keys or tokens in environment files, profiles or AWS CLI configs."""
+    places = ["/etc/environment", "/etc/profile", "/etc/profile.d", "/etc/bash.bashrc",
+              "/etc/default", "/etc/systemd", *[f"{h}/.aws" for h in homes],
+              *[f"{h}/.profile" for h in homes], *[f"{h}/.bashrc" for h in homes]]
+    found = root.lines(
+        "grep -rlsIE %s " + " ".join(["%s"] * len(places)) + " || true",
+        rf"({SECRET_VARIABLES}|aws_secret_access_key|aws_session_token)", *places,
+    )
+    assert found == []
+
+
+def test_login_environment_has_no_cloud_secrets(host: Any) -> None:
+    names = [line.split("=", 1)[0] for line in host.run("env").stdout.splitlines()]
+    assert [n for n in names if re.fullmatch(SECRET_VARIABLES, n)] == []
+
+
+def test_no_private_keys_outside_ssh_host_keys(root: Any) -> None:
+    """A private key in an image is shared by every instance: only sshd's own are allowed."""
+    found = root.lines(
+        "grep -rlsIE -- '-----BEGIN ([A-Z0-9]+ )?PRIVATE KEY-----' "
+        + " ".join(SECRET_DIRS) + " || true"
+    )
+    allowed = re.compile(r"/etc/ssh/ssh_host_\w+_key")
+    assert [path for path in found if not allowed.fullmatch(path)] == []
+
+
+def test_no_build_scratch_files(root: Any) -> None:
+    """Packer's uploaded scripts and other scratch files are gone from /tmp and /var/tmp."""
+    leftovers = root.lines(
+        "find /tmp /var/tmp -mindepth 1 -maxdepth 1 "
+        "! -name 'systemd-private-*' ! -name '.*-unix' ! -name '.*-unix.*'"
+    )
+    assert leftovers == []
+
+
+def test_apt_package_cache_is_empty(root: Any) -> None:
+    assert root.lines("find /var/cache/apt/archives -name '*.deb'") == []
