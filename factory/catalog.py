@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -189,6 +189,13 @@ def list_images(
     epoch = datetime.min.replace(tzinfo=UTC)
     records.sort(key=lambda r: (r.created_at or epoch, r.ami_id), reverse=True)
     return records
+
+
+def with_usage(
+    records: Sequence[ImageRecord], used: Mapping[str, Sequence[object]]
+) -> list[ImageRecord]:
+    """Fill `in_use` from an in-use scan (factory.inuse: AMI id -> its usages)."""
+    return [replace(r, in_use=bool(used.get(r.ami_id))) for r in records]
 
 
 def find_image(clients: AwsClients, ami_id: str) -> ImageRecord:

@@ -21,6 +21,7 @@ from factory.catalog import (
     lineage,
     list_images,
     plan_revoke,
+    with_usage,
 )
 from factory.channels import (
     ChannelChange,
@@ -32,6 +33,7 @@ from factory.channels import (
     show_channels,
 )
 from factory.cli.context import CliContext, output_option, pass_cli
+from factory.inuse import ScanTarget, find_in_use
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,16 @@ def images_group() -> None:
     "--status", "-s", type=click.Choice([s.value for s in T.Status]), help="Only this status."
 )
 @click.option("--channel", "-c", help="Only images some family's CHANNEL points at.")
+@click.option(
+    "--in-use",
+    "in_use",
+    is_flag=True,
+    help="Also scan instances, launch templates, groups and parameters for users (slower).",
+)
 @output_option
 @pass_cli
 def images_list(
-    ctx: CliContext, family: str | None, status: str | None, channel: str | None
+    ctx: CliContext, family: str | None, status: str | None, channel: str | None, in_use: bool
 ) -> None:
     """AMIs built by the factory in every configured region, newest first."""
     cfg = ctx.config
@@ -100,6 +108,10 @@ def images_list(
     images = list_images(
         clients, regions=cfg.regions, family=family, status=status, channel=channel
     )
+    if in_use:
+        regional = [ctx.clients(region) for region in cfg.regions]
+        report = find_in_use([ScanTarget(c) for c in regional], owner_account=clients.account_id)
+        images = with_usage(images, report.by_ami())
     result = ImageList(cfg.regions, tuple(images))
     ctx.emit(result, render_images(images, len(cfg.regions) > 1))
 

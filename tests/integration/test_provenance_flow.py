@@ -200,6 +200,9 @@ def test_channels_refuse_roll_back_and_show(flow: Flow) -> None:
         flow.clients.client("ssm").get_parameter(Name="/factory/web/prod")["Parameter"]["Value"]
         == flow.v1
     )
+    listed = factory_json(flow.repo, "images", "list", "--family", "web", "--in-use")
+    in_use = {i["ami_id"]: i["in_use"] for i in listed["images"]}
+    assert in_use[flow.v1] is True and in_use[flow.candidate] is False  # a channel is a use
     shown = factory(flow.repo, "channel", "show", "web")
     assert shown.returncode == 0 and "oops" in shown.stdout and "second" in shown.stdout
 
