@@ -60,9 +60,7 @@ def _flock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_base_rootfs(
-    cache: Path, *, rebuild: bool = False, mirror: str | None = None
-) -> Path:
+def ensure_base_rootfs(cache: Path, *, rebuild: bool = False, mirror: str | None = None) -> Path:
     """Return the cached base root filesystem, building it first if needed (about a minute)."""
     target = base_rootfs_path(cache)
     if not rebuild and is_cached(cache):
@@ -73,7 +71,9 @@ def ensure_base_rootfs(
         if os.geteuid() != 0:
             raise FactoryError("building the base image needs root (debootstrap, chroot)")
         if shutil.which("debootstrap") is None:
-            raise FactoryError("debootstrap is not installed: run `make setup` (or apt-get install debootstrap)")
+            raise FactoryError(
+                "debootstrap is not installed: run `make setup` (or apt-get install debootstrap)"
+            )
         build = cache / f".build-{os.getpid()}-{int(time.time())}"
         shutil.rmtree(build, ignore_errors=True)
         mirror = mirror or os.environ.get("FACTORY_DEBIAN_MIRROR") or DEFAULT_MIRROR
@@ -96,12 +96,19 @@ def ensure_base_rootfs(
 
 def debootstrap_argv(target: Path, mirror: str) -> list[str]:
     return [
-        "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-        SUITE, str(target), mirror,
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(target),
+        mirror,
     ]
 
 
-SUDOERS = f"# Created by the local cloud, as cloud-init does on Debian's AMIs\n{DEFAULT_USER} ALL=(ALL) NOPASSWD:ALL\n"
+SUDOERS = (
+    "# Created by the local cloud, as cloud-init does on Debian's AMIs\n"
+    f"{DEFAULT_USER} ALL=(ALL) NOPASSWD:ALL\n"
+)
 SSHD_CONFIG = """\
 # The local cloud: keys only, as on Debian's AMIs; no reverse DNS (there is no resolver).
 PasswordAuthentication no
@@ -113,8 +120,21 @@ UseDNS no
 
 def customize(root: Path) -> None:
     """Add what boot needs: the `admin` user with passwordless sudo, sshd settings, no host keys."""
-    _run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash",
-          "--groups", "sudo", "--comment", "Debian", DEFAULT_USER])
+    _run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--groups",
+            "sudo",
+            "--comment",
+            "Debian",
+            DEFAULT_USER,
+        ]
+    )
     sudoers = root / "etc/sudoers.d/90-cloud-init-users"
     sudoers.write_text(SUDOERS)
     sudoers.chmod(0o440)
@@ -130,7 +150,9 @@ def customize(root: Path) -> None:
         )
     )
     (root / "etc/hostname").write_text("localhost\n")
-    (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    (root / "etc/hosts").write_text(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+    )
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/resolv.conf").write_text("")
     (root / "etc/machine-id").write_text("")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from moto.core.responses import ActionResult
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 RuntimeGetter = Callable[[], "InstanceRuntime | None"]
 
 CONSOLE_LIMIT = 64 * 1024  # GetConsoleOutput returns the latest 64 KB
-BASE_IMAGE_CREATED = datetime(2025, 5, 20, 21, 20, tzinfo=timezone.utc)
+BASE_IMAGE_CREATED = datetime(2025, 5, 20, 21, 20, tzinfo=UTC)
 
 _runtime: RuntimeGetter = lambda: None  # noqa: E731 - replaced by install()
 _installed = False
@@ -87,7 +87,8 @@ def _add_base_image(backend: Any) -> None:
     ami_id = base_ami_id(backend.region_name)
     if ami_id not in backend.amis:
         ami = Ami(
-            backend, ami_id,
+            backend,
+            ami_id,
             name=BASE_IMAGE_NAME,
             description=BASE_IMAGE_DESCRIPTION,
             owner_id=DEBIAN_OWNER_ID,
@@ -102,7 +103,7 @@ def _add_base_image(backend: Any) -> None:
             region_name=f"{backend.region_name}a",
             boot_mode="uefi-preferred",
         )
-        ami.ena_support = True
+        ami.ena_support = True  # type: ignore[attr-defined]
         backend.amis[ami_id] = ami
     runtime = _runtime()
     if runtime is not None:
@@ -147,7 +148,10 @@ def _launch(instance: Any) -> None:
     if runtime.has_layers(instance.image_id):
         _set_state(instance, "pending", 0)
     address = runtime.launch(
-        instance.id, instance.image_id, _key_material(instance), instance.user_data,
+        instance.id,
+        instance.image_id,
+        _key_material(instance),
+        instance.user_data,
         on_running=lambda: _set_state(instance, "running", 16),
     )
     _set_address(instance, address)
@@ -240,11 +244,13 @@ def _patch() -> None:  # noqa: PLR0915 - one place that lists every hook
         if text is None:
             return console_output(self)
         tail = text.encode()[-CONSOLE_LIMIT:].decode("utf-8", "replace")
-        return ActionResult({
-            "InstanceId": instance.id,
-            "Timestamp": utcnow(),
-            "Output": Base64EncodedString.from_raw_string(tail),
-        })
+        return ActionResult(
+            {
+                "InstanceId": instance.id,
+                "Timestamp": utcnow(),
+                "Output": Base64EncodedString.from_raw_string(tail),
+            }
+        )
 
     _replace(AmiBackend, "_load_amis", _load_amis_hook)
     _replace(InstanceBackend, "run_instances", _run_instances_hook)

@@ -14,6 +14,7 @@ before the chroot), which the runtime reads for health and DescribeInstanceStatu
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import encodings.idna  # noqa: F401 - imported before the chroot: socket needs it later
 import json
@@ -45,11 +46,14 @@ class Shutdown(Exception):
     pass
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
-          options: str | None = None) -> None:
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, options: str | None = None
+) -> None:
     rc = _libc.mount(
-        source.encode() if source else None, target.encode(),
-        fstype.encode() if fstype else None, ctypes.c_ulong(flags),
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
         options.encode() if options else None,
     )
     if rc != 0:
@@ -67,35 +71,44 @@ class Status:
 
     def __init__(self, dir_fd: int, instance_id: str) -> None:
         self.dir_fd = dir_fd
-        self.state: dict[str, Any] = {"instance_id": instance_id, "sshd": "starting",
-                                      "user_data": None, "boot": time.time()}
+        self.state: dict[str, Any] = {
+            "instance_id": instance_id,
+            "sshd": "starting",
+            "user_data": None,
+            "boot": time.time(),
+        }
         self.lock = threading.Lock()
 
     def update(self, **changes: Any) -> None:
         with self.lock:
             self.state.update(changes)
             data = json.dumps(self.state).encode()
-            fd = os.open("status.json.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644,
-                         dir_fd=self.dir_fd)
+            fd = os.open(
+                "status.json.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd
+            )
             try:
                 os.write(fd, data)
             finally:
                 os.close(fd)
-            os.rename("status.json.tmp", "status.json", src_dir_fd=self.dir_fd,
-                      dst_dir_fd=self.dir_fd)
+            os.rename(
+                "status.json.tmp", "status.json", src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd
+            )
 
 
 def setup_root(cfg: dict[str, Any]) -> None:
     root = cfg["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     lower = ":".join(cfg["layers"])
-    mount("overlay", root, "overlay", 0,
-          f"lowerdir={lower},upperdir={cfg['upper']},workdir={cfg['work']},index=off")
+    mount(
+        "overlay",
+        root,
+        "overlay",
+        0,
+        f"lowerdir={lower},upperdir={cfg['upper']},workdir={cfg['work']},index=off",
+    )
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    try:
+    with contextlib.suppress(OSError):  # optional: nothing at boot needs it
         mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        pass  # optional: nothing at boot needs it
     dev = f"{root}/dev"
     mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name in ("null", "zero", "full", "random", "urandom", "tty"):
@@ -103,18 +116,27 @@ def setup_root(cfg: dict[str, Any]) -> None:
             pass
         mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
     os.makedirs(f"{dev}/pts", exist_ok=True)
-    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-          "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    mount(
+        "devpts",
+        f"{dev}/pts",
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
     os.symlink("pts/ptmx", f"{dev}/ptmx")
     os.makedirs(f"{dev}/shm", exist_ok=True)
     mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, f"{dev}/{name}")
     mount("tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     for path in ("run/sshd", "run/lock"):
         os.makedirs(f"{root}/{path}", exist_ok=True)
-    os.chmod(f"{root}/run/lock", 0o1777)
+    os.chmod(f"{root}/run/lock", 0o1777)  # noqa: S103 - /run/lock is world-writable, sticky
 
 
 def read_file(path: str) -> str | None:
@@ -147,9 +169,22 @@ def first_boot(cfg: dict[str, Any]) -> None:
             os.unlink(f"/etc/ssh/{name}")
     comment = f"root@{cfg['hostname']}"
     keygens = [
-        subprocess.Popen(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment,
-                          "-f", f"/etc/ssh/ssh_host_{kind}_key"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                kind,
+                "-N",
+                "",
+                "-C",
+                comment,
+                "-f",
+                f"/etc/ssh/ssh_host_{kind}_key",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
         for kind in cfg["host_key_types"]
     ]
     for proc in keygens:
@@ -157,8 +192,11 @@ def first_boot(cfg: dict[str, Any]) -> None:
     write_file("/etc/machine-id", os.urandom(16).hex() + "\n", 0o444)
     # cloud-init's manage_etc_hosts, as on Debian's AMIs (sudo resolves the hostname)
     write_file("/etc/hostname", cfg["hostname"] + "\n")
-    write_file("/etc/hosts", f"127.0.0.1 localhost\n{cfg['address']} {cfg['hostname']}\n"
-               "::1 localhost ip6-localhost ip6-loopback\n")
+    write_file(
+        "/etc/hosts",
+        f"127.0.0.1 localhost\n{cfg['address']} {cfg['hostname']}\n"
+        "::1 localhost ip6-localhost ip6-loopback\n",
+    )
     user = user_entry(cfg["default_user"])
     if user is not None and cfg.get("authorized_keys"):
         uid, gid, home = user
@@ -168,11 +206,8 @@ def first_boot(cfg: dict[str, Any]) -> None:
         os.chmod(ssh_dir, 0o700)
         os.chown(ssh_dir, uid, gid)
         os.chown(f"{ssh_dir}/authorized_keys", uid, gid)
-    for name in ("user-data-result",):
-        try:
-            os.unlink(f"{CLOUD_DIR}/data/{name}")
-        except FileNotFoundError:
-            pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{CLOUD_DIR}/data/user-data-result")
     write_file(f"{CLOUD_DIR}/data/instance-id", cfg["instance_id"] + "\n")
 
 
@@ -181,8 +216,9 @@ def print_host_keys(cfg: dict[str, Any]) -> None:
     fingerprints, keys = [], []
     for kind in cfg["host_key_types"]:
         pub = f"/etc/ssh/ssh_host_{kind}_key.pub"
-        out = subprocess.run(["ssh-keygen", "-l", "-f", pub], capture_output=True, text=True,
-                             check=False).stdout.strip()
+        out = subprocess.run(
+            ["ssh-keygen", "-l", "-f", pub], capture_output=True, text=True, check=False
+        ).stdout.strip()
         if out:
             fingerprints.append(out)
         text = read_file(pub)
@@ -229,8 +265,14 @@ def start_user_data(cfg: dict[str, Any]) -> subprocess.Popen[bytes] | None:
         handle.write(script)
     os.chmod(path, 0o700)
     console(f"localcloud: running user data ({len(script)} bytes)")
-    proc = subprocess.Popen([path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+    proc = subprocess.Popen(
+        [path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd="/",
+        start_new_session=True,
+    )
     tee = threading.Thread(target=_tee_output, args=(proc,), daemon=True)
     tee.start()
     proc.tee = tee  # type: ignore[attr-defined]
@@ -256,13 +298,30 @@ def main(cfg_path: str) -> int:
         cfg = json.load(handle)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    # the host's /proc is still mounted here: /proc/self is our pid as the host sees it
-    host_pid = os.readlink("/proc/self")
     dir_fd = os.open(cfg["dir"], os.O_RDONLY | os.O_DIRECTORY)
-    write_pid = os.open("init.pid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
-    os.write(write_pid, host_pid.encode())
-    os.close(write_pid)
     status = Status(dir_fd, cfg["instance_id"])
+    try:
+        sshd, user_data = boot(cfg, dir_fd, status)
+        supervise(sshd, user_data, status)
+    except Shutdown:
+        console("localcloud: stopping")
+    except Exception as exc:  # noqa: BLE001 - one line on the console, then the instance stops
+        console(f"localcloud: boot failed: {exc}")
+        status.update(sshd="failed")
+        stop_all()
+        return 1
+    stop_all()
+    return 0
+
+
+def boot(
+    cfg: dict[str, Any], dir_fd: int, status: Status
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
+    """Mount, chroot, first-boot setup, sshd, user data: what cloud-init and systemd do."""
+    # the host's /proc is still mounted here: /proc/self is our pid as the host sees it
+    pid_fd = os.open("init.pid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+    os.write(pid_fd, os.readlink("/proc/self").encode())
+    os.close(pid_fd)
     sshd_log = os.open("sshd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644, dir_fd=dir_fd)
     console(f"localcloud: booting {cfg['instance_id']} at {cfg['address']}")
     setup_root(cfg)
@@ -277,7 +336,9 @@ def main(cfg_path: str) -> int:
     print_host_keys(cfg)
     sshd = subprocess.Popen(
         ["/usr/sbin/sshd", "-D", "-e", "-o", f"ListenAddress={cfg['address']}:22"],
-        stdin=subprocess.DEVNULL, stdout=sshd_log, stderr=sshd_log,
+        stdin=subprocess.DEVNULL,
+        stdout=sshd_log,
+        stderr=sshd_log,
     )
     if not wait_listening(cfg["address"], sshd, SSHD_WAIT):
         console("localcloud: sshd did not start (see sshd.log)")
@@ -291,27 +352,29 @@ def main(cfg_path: str) -> int:
     else:
         previous = read_file(f"{CLOUD_DIR}/data/user-data-result")
         status.update(user_data=int(previous) if previous else None)
-    try:
-        while True:
-            try:
-                pid, wait_status = os.wait()
-            except ChildProcessError:
-                signal.pause()
-                continue
-            if user_data is not None and pid == user_data.pid:
-                code = os.waitstatus_to_exitcode(wait_status)
-                user_data.tee.join(5.0)  # type: ignore[attr-defined]
-                write_file(f"{CLOUD_DIR}/data/user-data-result", f"{code}\n")
-                console(f"localcloud: user data exited {code}")
-                status.update(user_data=code)
-                user_data = None
-            elif pid == sshd.pid:
-                console("localcloud: sshd exited")
-                status.update(sshd="exited")
-    except Shutdown:
-        console("localcloud: stopping")
-    stop_all()
-    return 0
+    return sshd, user_data
+
+
+def supervise(
+    sshd: subprocess.Popen[bytes], user_data: subprocess.Popen[bytes] | None, status: Status
+) -> None:
+    """Reap every process (we are pid 1), noting when the user data or sshd ends."""
+    while True:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            signal.pause()
+            continue
+        if user_data is not None and pid == user_data.pid:
+            code = os.waitstatus_to_exitcode(wait_status)
+            user_data.tee.join(5.0)  # type: ignore[attr-defined]
+            write_file(f"{CLOUD_DIR}/data/user-data-result", f"{code}\n")
+            console(f"localcloud: user data exited {code}")
+            status.update(user_data=code)
+            user_data = None
+        elif pid == sshd.pid:
+            console("localcloud: sshd exited")
+            status.update(sshd="exited")
 
 
 def stop_all() -> None:
@@ -329,10 +392,8 @@ def stop_all() -> None:
             break
         if pid == 0:
             time.sleep(0.02)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     os.sync()
 
 

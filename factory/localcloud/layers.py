@@ -108,7 +108,9 @@ def copy_tree(source: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     proc = subprocess.run(
         ["cp", "-a", "--reflink=auto", f"{source}/.", str(tmp)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ mounts, instance and layer directories. It imports nothing heavy: `factory local
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -33,7 +34,6 @@ from typing import Any
 
 from factory.errors import FactoryError
 from factory.localcloud.baseimage import (
-    BASE_IMAGE_DESCRIPTION,
     BASE_IMAGE_NAME,
     DEBIAN_12_NAME_PATTERN,
     DEBIAN_OWNER_ID,
@@ -207,8 +207,11 @@ class InstanceRuntime:
         sweep(self.state_dir)
         ensure_base_rootfs(self.image_cache)  # the store's base layer path: built if missing
         self._started = True
-        log.info("instance runtime ready: addresses %s, base image %s",
-                 self.addresses.block, self.store.paths((BASE_LAYER,))[0])
+        log.info(
+            "instance runtime ready: addresses %s, base image %s",
+            self.addresses.block,
+            self.store.paths((BASE_LAYER,))[0],
+        )
 
     def shutdown(self) -> None:
         with self._lock:
@@ -278,7 +281,11 @@ class InstanceRuntime:
     # --- instances -----------------------------------------------------------------------------
 
     def launch(
-        self, instance_id: str, image_id: str, key_material: str, user_data: Any,
+        self,
+        instance_id: str,
+        image_id: str,
+        key_material: str,
+        user_data: Any,
         on_running: Any,
     ) -> str:
         """Allocate the address and boot the sandbox in the background; return the address."""
@@ -291,8 +298,12 @@ class InstanceRuntime:
         else:
             log.info("%s: AMI %s has no local layers: no sandbox", instance_id, image_id)
         record = InstanceRecord(
-            instance_id=instance_id, address=address, sandbox=sandbox, layers=layers or (),
-            authorized_keys=key_material, user_data_b64=user_data_b64(user_data),
+            instance_id=instance_id,
+            address=address,
+            sandbox=sandbox,
+            layers=layers or (),
+            authorized_keys=key_material,
+            user_data_b64=user_data_b64(user_data),
         )
         with self._lock:
             self.instances[instance_id] = record
@@ -336,7 +347,7 @@ class InstanceRuntime:
         record = self._record(instance_id)
         return record.address if record is not None else None
 
-    def health(self, instance_id: str) -> str:
+    def health(self, instance_id: str) -> str:  # noqa: PLR0911 - one answer per state
         """pending | ok | impaired: ok once sshd answers and the user data exited 0."""
         record = self._record(instance_id)
         if record is None:
@@ -406,8 +417,11 @@ class InstanceRuntime:
                 return  # stopped or terminated meanwhile
             if not ready:
                 record.boot_failed = True
-                log.warning("%s: sandbox did not come up; see %s", record.instance_id,
-                            record.sandbox.dir / "console.log")
+                log.warning(
+                    "%s: sandbox did not come up; see %s",
+                    record.instance_id,
+                    record.sandbox.dir / "console.log",
+                )
             record.state = "running"
             if on_running is not None:
                 on_running()
@@ -436,7 +450,8 @@ def current() -> InstanceRuntime | None:
 def install_runtime(cloud: Any) -> None:
     """Create the runtime for `cloud`, hook it into moto's EC2 backend, set `cloud.runtime`."""
     global _RUNTIME  # noqa: PLW0603 - moto's backends are process-global; so is their runtime
-    from factory.localcloud import ec2hooks
+    # imported here: moto is heavy, and `factory local down` imports this module for sweep()
+    from factory.localcloud import ec2hooks  # noqa: PLC0415
 
     runtime = InstanceRuntime(Path(cloud.state_dir), Path(cloud.image_cache))
     _RUNTIME = runtime
@@ -478,7 +493,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def sweep(state_dir: Path) -> None:
-    """Kill sandbox processes, unmount and delete what a crashed local cloud left under state_dir."""
+    """Kill sandbox processes, unmount, delete what a crashed local cloud left in state_dir."""
     state_dir = Path(state_dir)
     if not state_dir.exists():
         return
@@ -487,10 +502,8 @@ def sweep(state_dir: Path) -> None:
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             _reap()

@@ -13,6 +13,7 @@ kernel kills whatever is left in the namespace, and its mounts go with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,9 +49,21 @@ class BootSpec:
 
 def unshare_argv(boot_json: Path) -> list[str]:
     return [
-        "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "--kill-child",
-        "--propagation", "private", "--",
-        sys.executable, "-I", "-S", str(GUEST_INIT), str(boot_json),
+        "unshare",
+        "--pid",
+        "--mount",
+        "--uts",
+        "--ipc",
+        "--fork",
+        "--kill-child",
+        "--propagation",
+        "private",
+        "--",
+        sys.executable,
+        "-I",
+        "-S",
+        str(GUEST_INIT),
+        str(boot_json),
     ]
 
 
@@ -91,7 +104,10 @@ class Sandbox:
         with (self.dir / "console.log").open("ab") as console:
             self.proc = subprocess.Popen(
                 unshare_argv(boot_json),
-                stdin=subprocess.DEVNULL, stdout=console, stderr=console, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=console,
+                close_fds=True,
             )
 
     def running(self) -> bool:
@@ -162,10 +178,8 @@ class Sandbox:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def wait_all(threads: list[threading.Thread], timeout: float) -> None:

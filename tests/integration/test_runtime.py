@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import paramiko
 import pytest
 
@@ -65,14 +66,22 @@ def _key_pair(ec2: Any) -> tuple[str, paramiko.PKey]:
 
 
 def _instance(ec2: Any, instance_id: str) -> dict[str, Any]:
-    return dict(ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0])
+    return dict(
+        ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    )
 
 
-def _run(ec2: Any, key_name: str, image_id: str | None = None, user_data: str = "") -> dict[str, Any]:
+def _run(
+    ec2: Any, key_name: str, image_id: str | None = None, user_data: str = ""
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"UserData": user_data} if user_data else {}
     run = ec2.run_instances(
-        ImageId=image_id or _base_ami(ec2), MinCount=1, MaxCount=1, KeyName=key_name,
-        InstanceType="t3.micro", **kwargs,
+        ImageId=image_id or _base_ami(ec2),
+        MinCount=1,
+        MaxCount=1,
+        KeyName=key_name,
+        InstanceType="t3.micro",
+        **kwargs,
     )
     instance_id = run["Instances"][0]["InstanceId"]
     return _wait(
@@ -83,9 +92,11 @@ def _run(ec2: Any, key_name: str, image_id: str | None = None, user_data: str = 
 
 def console_host_keys(console: str) -> set[str]:
     """SHA256 fingerprints from the console's SSH HOST KEY FINGERPRINTS block."""
-    block = console.split("-----BEGIN SSH HOST KEY FINGERPRINTS-----")[-1]
+    block = console.rsplit("-----BEGIN SSH HOST KEY FINGERPRINTS-----", maxsplit=1)[-1]
     block = block.split("-----END SSH HOST KEY FINGERPRINTS-----")[0]
-    return {word for line in block.splitlines() for word in line.split() if word.startswith("SHA256:")}
+    return {
+        word for line in block.splitlines() for word in line.split() if word.startswith("SHA256:")
+    }
 
 
 class PinnedHostKey(paramiko.MissingHostKeyPolicy):
@@ -94,7 +105,9 @@ class PinnedHostKey(paramiko.MissingHostKeyPolicy):
     def __init__(self, fingerprints: set[str]) -> None:
         self.fingerprints = fingerprints
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
         if f"SHA256:{digest}" not in self.fingerprints:
             raise paramiko.SSHException(f"host key SHA256:{digest} not in the console output")
@@ -106,12 +119,20 @@ def _console(ec2: Any, instance_id: str) -> str:
 
 
 def _ssh(ec2: Any, instance: dict[str, Any], key: paramiko.PKey) -> paramiko.SSHClient:
-    fingerprints = _wait(lambda: console_host_keys(_console(ec2, instance["InstanceId"])),
-                         what="host key fingerprints in the console")
+    fingerprints = _wait(
+        lambda: console_host_keys(_console(ec2, instance["InstanceId"])),
+        what="host key fingerprints in the console",
+    )
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(PinnedHostKey(fingerprints))
-    client.connect(instance["PublicIpAddress"], username="admin", pkey=key,
-                   look_for_keys=False, allow_agent=False, timeout=10)
+    client.connect(
+        instance["PublicIpAddress"],
+        username="admin",
+        pkey=key,
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
     return client
 
 
@@ -146,13 +167,17 @@ def _sandbox_processes(state_dir: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if (marker in cmdline and b"guest_init" in cmdline) or (b"sshd" in cmdline and listen in cmdline):
+        if (marker in cmdline and b"guest_init" in cmdline) or (
+            b"sshd" in cmdline and listen in cmdline
+        ):
             pids.append(int(entry.name))
     return pids
 
 
-def _overlay_mounts() -> int:
-    """Overlay mounts visible in any mount namespace on this machine."""
+def _overlay_mounts(state_dir: Path) -> int:
+    """Overlay mounts of this local cloud's instances, in any mount namespace on this machine
+    (other local clouds may run at the same time: only those whose upper dir is ours count)."""
+    marker = str(state_dir.resolve())
     seen = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -162,7 +187,7 @@ def _overlay_mounts() -> int:
         except OSError:
             continue
         for line in lines:
-            if " - overlay " in line:
+            if " - overlay " in line and marker in line:
                 seen.add(line.split(" - ", 1)[1])
     return len(seen)
 
@@ -219,8 +244,10 @@ def test_each_instance_has_its_own_host_keys_and_address(
     run = ec2.run_instances(ImageId=_base_ami(ec2), MinCount=3, MaxCount=3, KeyName=key[0])
     ids = [i["InstanceId"] for i in run["Instances"]]
     try:
-        instances = [_wait(lambda i=i: _instance(ec2, i)["State"]["Name"] == "running" and
-                           _instance(ec2, i)) for i in ids]
+        instances = [
+            _wait(lambda i=i: _instance(ec2, i)["State"]["Name"] == "running" and _instance(ec2, i))
+            for i in ids
+        ]
         assert len({i["PrivateIpAddress"] for i in instances}) == 3
         fingerprints = [frozenset(console_host_keys(_console(ec2, i))) for i in ids]
         assert len(set(fingerprints)) == 3
@@ -256,12 +283,16 @@ def test_stop_keeps_the_disk_start_brings_it_back_terminate_removes_it(
     ec2.stop_instances(InstanceIds=[instance_id])
     assert _instance(ec2, instance_id)["State"]["Name"] == "stopped"
     assert not _port_open(address)
-    assert not any(str(instance_dir).encode() in Path(f"/proc/{p}/cmdline").read_bytes()
-                   for p in _sandbox_processes(local_cloud.state_dir)
-                   if Path(f"/proc/{p}").exists())
+    assert not any(
+        str(instance_dir).encode() in Path(f"/proc/{p}/cmdline").read_bytes()
+        for p in _sandbox_processes(local_cloud.state_dir)
+        if Path(f"/proc/{p}").exists()
+    )
     assert (instance_dir / "upper" / "etc" / "kept-across-stop").is_file()
     ec2.start_instances(InstanceIds=[instance_id])
-    restarted = _wait(lambda: (i := _instance(ec2, instance_id))["State"]["Name"] == "running" and i)
+    restarted = _wait(
+        lambda: (i := _instance(ec2, instance_id))["State"]["Name"] == "running" and i
+    )
     assert restarted["PublicIpAddress"] == address
     with _ssh(ec2, restarted, key[1]) as client:
         assert _exec(client, "cat /etc/kept-across-stop") == (0, "kept\n")
@@ -284,13 +315,20 @@ def test_create_image_copy_and_deregister(
 ) -> None:
     builder = _run(ec2, key[0])
     with _ssh(ec2, builder, key[1]) as client:
-        assert _exec(client, "echo layer-one | sudo tee /etc/from-builder && sudo rm /etc/issue")[0] == 0
+        assert (
+            _exec(client, "echo layer-one | sudo tee /etc/from-builder && sudo rm /etc/issue")[0]
+            == 0
+        )
     layers_before = _layers(local_cloud)
     # from a running instance: the live upper directory is copied
-    live_ami = ec2.create_image(InstanceId=builder["InstanceId"], Name=f"live-{uuid.uuid4().hex[:6]}")["ImageId"]
+    live_ami = ec2.create_image(
+        InstanceId=builder["InstanceId"], Name=f"live-{uuid.uuid4().hex[:6]}"
+    )["ImageId"]
     # from the stopped instance, as Packer does: the upper directory is moved, then terminate
     ec2.stop_instances(InstanceIds=[builder["InstanceId"]])
-    ami = ec2.create_image(InstanceId=builder["InstanceId"], Name=f"img-{uuid.uuid4().hex[:6]}")["ImageId"]
+    ami = ec2.create_image(InstanceId=builder["InstanceId"], Name=f"img-{uuid.uuid4().hex[:6]}")[
+        "ImageId"
+    ]
     ec2.terminate_instances(InstanceIds=[builder["InstanceId"]])
     new_layers = _layers(local_cloud) - layers_before
     assert len(new_layers) == 2
@@ -306,7 +344,10 @@ def test_create_image_copy_and_deregister(
             assert _exec(client, "cat /etc/from-builder") == (0, "layer-one\n")
             assert _exec(client, "test -e /etc/issue")[0] == 1  # the deletion (a whiteout) too
             # fresh per-instance state, not the builder's
-            assert _exec(client, "cat /var/lib/cloud/data/instance-id")[1].strip() == child["InstanceId"]
+            assert (
+                _exec(client, "cat /var/lib/cloud/data/instance-id")[1].strip()
+                == child["InstanceId"]
+            )
         ec2.terminate_instances(InstanceIds=[child["InstanceId"]])
     ec2.deregister_image(ImageId=copy)
     ec2.deregister_image(ImageId=live_ami)
@@ -321,11 +362,18 @@ def test_auto_scaling_instances_are_sandboxes(
     user_data = base64.b64encode(b"#!/bin/sh\necho from-asg > /etc/asg-marker\n").decode()
     ec2.create_launch_template(
         LaunchTemplateName=name,
-        LaunchTemplateData={"ImageId": _base_ami(ec2), "InstanceType": "t3.micro",
-                            "KeyName": key[0], "UserData": user_data},
+        LaunchTemplateData={
+            "ImageId": _base_ami(ec2),
+            "InstanceType": "t3.micro",
+            "KeyName": key[0],
+            "UserData": user_data,
+        },
     )
     autoscaling.create_auto_scaling_group(
-        AutoScalingGroupName=name, MinSize=2, MaxSize=2, DesiredCapacity=2,
+        AutoScalingGroupName=name,
+        MinSize=2,
+        MaxSize=2,
+        DesiredCapacity=2,
         LaunchTemplate={"LaunchTemplateName": name, "Version": "1"},
         AvailabilityZones=["us-east-1a"],
     )
@@ -334,7 +382,9 @@ def test_auto_scaling_instances_are_sandboxes(
         ids = [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
         assert len(ids) == 2
         for instance_id in ids:
-            instance = _wait(lambda i=instance_id: (x := _instance(ec2, i))["State"]["Name"] == "running" and x)
+            instance = _wait(
+                lambda i=instance_id: (x := _instance(ec2, i))["State"]["Name"] == "running" and x
+            )
             _wait(lambda i=instance_id: _status(ec2, i) == "ok", what="asg instance ok")
             with _ssh(ec2, instance, key[1]) as client:
                 assert _exec(client, "cat /etc/asg-marker") == (0, "from-asg\n")
@@ -382,7 +432,9 @@ PACKER_HCL = textwrap.dedent("""\
 
 
 def test_packer_build_over_ssh_produces_an_ami_holding_the_provisioned_file(
-    ec2: Any, key: tuple[str, paramiko.PKey], local_cloud: control.LocalCloudStatus,
+    ec2: Any,
+    key: tuple[str, paramiko.PKey],
+    local_cloud: control.LocalCloudStatus,
     tmp_path: Path,
 ) -> None:
     if subprocess.run(["which", "packer"], capture_output=True, check=False).returncode != 0:
@@ -391,12 +443,26 @@ def test_packer_build_over_ssh_produces_an_ami_holding_the_provisioned_file(
     name = f"runtime-packer-{uuid.uuid4().hex[:8]}"
     env = control.env_vars(local_cloud)
     result = subprocess.run(
-        ["packer", "build", "-machine-readable", "-color=false",
-         "-var", f"endpoint={local_cloud.endpoint_url}",
-         "-var", f"access_key={env['AWS_ACCESS_KEY_ID']}",
-         "-var", f"secret_key={env['AWS_SECRET_ACCESS_KEY']}",
-         "-var", f"ami_name={name}", "build.pkr.hcl"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        [
+            "packer",
+            "build",
+            "-machine-readable",
+            "-color=false",
+            "-var",
+            f"endpoint={local_cloud.endpoint_url}",
+            "-var",
+            f"access_key={env['AWS_ACCESS_KEY_ID']}",
+            "-var",
+            f"secret_key={env['AWS_SECRET_ACCESS_KEY']}",
+            "-var",
+            f"ami_name={name}",
+            "build.pkr.hcl",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CHECKPOINT_DISABLE": "1"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -405,8 +471,10 @@ def test_packer_build_over_ssh_produces_an_ami_holding_the_provisioned_file(
     assert len(images) == 1
     # Packer terminated its builder: no sandbox of it is left
     builders = ec2.describe_instances(
-        Filters=[{"Name": "tag:Name", "Values": ["Packer Builder"]},
-                 {"Name": "instance-state-name", "Values": ["running", "pending", "stopped"]}]
+        Filters=[
+            {"Name": "tag:Name", "Values": ["Packer Builder"]},
+            {"Name": "instance-state-name", "Values": ["running", "pending", "stopped"]},
+        ]
     )["Reservations"]
     assert builders == []
     child = _run(ec2, key[0], image_id=images[0]["ImageId"])
@@ -431,12 +499,13 @@ def own_cloud(tmp_path: Path) -> Iterator[tuple[Path, control.LocalCloudStatus]]
 
 
 def _own_ec2(status: control.LocalCloudStatus) -> Any:
-    import boto3
-
     env = control.env_vars(status)
     return boto3.client(
-        "ec2", endpoint_url=status.endpoint_url, region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        "ec2",
+        endpoint_url=status.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
 
 
@@ -452,16 +521,16 @@ def test_down_leaves_no_process_mount_or_directory(
     own_cloud: tuple[Path, control.LocalCloudStatus],
 ) -> None:
     state, status = own_cloud
-    overlays_before = _overlay_mounts()
+    assert _overlay_mounts(state) == 0
     assert _sandbox_processes(state) == []
     ec2 = _own_ec2(status)
     ids = _launch_some(ec2, 4)
     addresses = [_instance(ec2, i)["PrivateIpAddress"] for i in ids]
     assert len(_sandbox_processes(state)) >= 8  # an init and an sshd each
-    assert _overlay_mounts() >= overlays_before + 4
+    assert _overlay_mounts(state) == 4
     control.down(state)
     assert _sandbox_processes(state) == []
-    assert _overlay_mounts() <= overlays_before
+    assert _overlay_mounts(state) == 0
     assert not any(_port_open(a) for a in addresses)
     assert not (state / "instances").exists()
     assert not (state / "layers").exists()
@@ -469,7 +538,7 @@ def test_down_leaves_no_process_mount_or_directory(
 
 def test_a_killed_server_is_swept_by_down(own_cloud: tuple[Path, control.LocalCloudStatus]) -> None:
     state, status = own_cloud
-    overlays_before = _overlay_mounts()
+    assert _overlay_mounts(state) == 0
     ec2 = _own_ec2(status)
     ids = _launch_some(ec2, 3)
     addresses = [_instance(ec2, i)["PrivateIpAddress"] for i in ids]
@@ -478,9 +547,10 @@ def test_a_killed_server_is_swept_by_down(own_cloud: tuple[Path, control.LocalCl
     _wait(lambda: not control.status(state).running, what="server gone")
     # the crash left the sandboxes running
     assert len(_sandbox_processes(state)) >= 6
+    assert _overlay_mounts(state) == 3
     assert all(_port_open(a) for a in addresses)
     control.down(state)
     assert _sandbox_processes(state) == []
-    assert _overlay_mounts() <= overlays_before
+    assert _overlay_mounts(state) == 0
     assert not any(_port_open(a) for a in addresses)
     assert not (state / "instances").exists()

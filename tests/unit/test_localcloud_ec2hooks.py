@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import mock_aws
+from moto.ec2.models.instances import Instance
 
 from factory.localcloud import ec2hooks, runtime
 from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
@@ -71,7 +72,8 @@ def test_instance_of_an_ami_without_layers_gets_a_loopback_address(
 ) -> None:
     ec2 = _client()
     moto_ami = next(
-        i["ImageId"] for i in ec2.describe_images(Owners=["amazon"])["Images"]  # type: ignore[attr-defined]
+        i["ImageId"]
+        for i in ec2.describe_images(Owners=["amazon"])["Images"]  # type: ignore[attr-defined]
     )
     run = ec2.run_instances(ImageId=moto_ami, MinCount=2, MaxCount=2)  # type: ignore[attr-defined]
     ids = [i["InstanceId"] for i in run["Instances"]]
@@ -107,8 +109,6 @@ def test_copy_and_deregister_keep_layer_references(rt: runtime.InstanceRuntime) 
 
 
 def test_uninstall_restores_moto() -> None:
-    from moto.ec2.models.instances import Instance
-
     before = Instance.__dict__["terminate"]
     ec2hooks.install(lambda: None)
     assert Instance.__dict__["terminate"] is not before

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from moto.core.types import Base64EncodedString
 
 from factory.localcloud import runtime
 from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID, debootstrap_argv
@@ -20,7 +21,9 @@ from factory.localcloud.layers import BASE_LAYER, ImageStore, copy_tree
 from factory.localcloud.sandbox import BootSpec, unshare_argv
 
 
-def test_address_block_is_stable_per_state_dir_and_clear_of_common_addresses(tmp_path: Path) -> None:
+def test_address_block_is_stable_per_state_dir_and_clear_of_common_addresses(
+    tmp_path: Path,
+) -> None:
     a = runtime.address_block(tmp_path / "a")
     assert a == runtime.address_block(tmp_path / "a")
     blocks = {runtime.address_block(tmp_path / str(i)) for i in range(40)}
@@ -72,8 +75,6 @@ def test_user_data_is_normalised_to_base64(value: object, expected: bytes) -> No
 
 
 def test_user_data_from_moto_base64_string() -> None:
-    from moto.core.types import Base64EncodedString
-
     value = Base64EncodedString.from_raw_string("#!/bin/sh\ntrue\n")
     assert base64.b64decode(runtime.user_data_b64(value)) == b"#!/bin/sh\ntrue\n"
 
