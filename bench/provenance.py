@@ -36,6 +36,15 @@ from factory.signing import Signer, generate_key_file, signer_from_config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from imagekit import (  # noqa: E402 - the tests' image helpers, found through the path above
+    JUNIT_PASS,
+    build_tags,
+    facts_for,
+    make_repo,
+    register,
+    register_base,
+)
+
 IMAGE_CACHE = Path(
     os.environ.get("FACTORY_LOCAL_IMAGE_CACHE", REPO / ".factory" / "cache" / "images")
 ).resolve()
@@ -49,8 +58,6 @@ def _timed(fn: Callable[[], Any], clients: AwsClients) -> tuple[float, int, Any]
 
 
 def _seed(clients: AwsClients, images: int, families: int) -> None:
-    from imagekit import build_tags, register_base
-
     ec2 = clients.client("ec2")
     base = register_base(clients)
     snapshot = ec2.describe_images(ImageIds=[base])["Images"][0]["BlockDeviceMappings"][0]
@@ -70,8 +77,6 @@ def _seed(clients: AwsClients, images: int, families: int) -> None:
 
 def _lineage(clients: AwsClients, repo: Path, signer: Signer, depth: int) -> tuple[str, float, int]:
     """An attested chain `depth` deep; returns the tip and the mean record time/calls."""
-    from imagekit import JUNIT_PASS, build_tags, facts_for, make_repo, register, register_base
-
     files = make_repo(repo, "web")
     parent = register_base(clients)
     junit = repo / "junit.xml"
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode, key in (("online_keys", None), ("pinned_key", pinned)):
                     runs = [
                         _timed(
-                            lambda key=key: verify_provenance(
+                            lambda key=key, tip=tip, name=name: verify_provenance(
                                 clients,
                                 tip,
                                 repo=repo / name,

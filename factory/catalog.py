@@ -412,10 +412,11 @@ def apply_revoke(plan: RevokePlan, clients: AwsClients) -> RevokeResult:
                 f"{target.ami_id}: EnableImageDeprecation is not supported by this endpoint; "
                 "the image is tagged revoked but not deprecated in EC2"
             )
-        if target.channels:
+        for channel in target.channels:
+            family, name = channel.split("/", 1)
             warnings.append(
-                f"{target.ami_id} is still in channel(s) {', '.join(target.channels)}: "
-                "run `factory channel rollback FAMILY CHANNEL`"
+                f"{target.ami_id} is still in channel {channel}: run "
+                f"`factory channel rollback {family} {name}` or `factory channel set`"
             )
         done.append(RevokedImage(target.ami_id, target.region, True, deprecation, target.channels))
     return RevokeResult(plan.ami_id, plan.reason, plan.at, tuple(done), tuple(warnings))

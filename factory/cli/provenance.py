@@ -110,7 +110,7 @@ def provenance_verify(
     if not report.ok:
         raise VerificationError(
             f"provenance of {ami_id} does not verify: "
-            + "; ".join(f"{c.name}: {c.detail}" for c in report.failures[:3])
+            + "; ".join(c.detail for c in report.failures[:3])
             + (f" (and {len(report.failures) - 3} more)" if len(report.failures) > 3 else "")
         )
 

@@ -390,3 +390,12 @@ def test_signer_from_config(aws: AwsClients, tmp_path: Path) -> None:
     assert isinstance(file_signer, FileSigner)
     public = serialization.load_pem_public_key(file_signer.public_key_pem())
     assert keyid_for(public) == file_signer.keyid  # type: ignore[arg-type]
+
+
+def test_verify_trusts_the_configured_key_file_and_nothing_else(world: World) -> None:
+    report = verify_provenance(
+        world.aws, world.ami, repo=world.root, key_file=world.root / "signing.pem"
+    )
+    assert report.ok, report.failures
+    untrusted = verify_provenance(world.aws, world.ami, repo=world.root)
+    assert "no trusted public key for keyid sha256:" in untrusted.failures[0].detail
