@@ -181,7 +181,7 @@ def _wait_ready(
             (state_dir / PID_FILE).unlink(missing_ok=True)
             raise FactoryError(f"the local cloud failed to start: {tail} (log: {state_dir / LOG_FILE})")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, 0.1)  # health is cheap: notice readiness fast
     down(state_dir)
     raise FactoryError(
         f"the local cloud did not answer within {timeout:.0f}s; see {state_dir / LOG_FILE}"
