@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,3 +175,34 @@ def _run(argv: list[str], timeout: float = 300.0) -> None:
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise FactoryError(f"{' '.join(argv[:2])} failed (exit {proc.returncode}): {tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m factory.localcloud.baseimage [--rebuild] [--cache DIR]`: build the base image."""
+    import argparse  # noqa: PLC0415 - only this entry point needs it
+
+    parser = argparse.ArgumentParser(prog="factory.localcloud.baseimage")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="image cache (default: FACTORY_LOCAL_IMAGE_CACHE or .factory/local/images)",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="rebuild even when cached")
+    parser.add_argument("--mirror", default=None, help=f"Debian mirror (default {DEFAULT_MIRROR})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cache = args.cache or Path(
+        os.environ.get("FACTORY_LOCAL_IMAGE_CACHE") or ".factory/local/images"
+    )
+    try:
+        path = ensure_base_rootfs(cache.resolve(), rebuild=args.rebuild, mirror=args.mirror)
+    except FactoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
