@@ -132,16 +132,16 @@ class AddressPool:
         with self._lock:
             self._used.discard(address)
 
-    def check_port(self) -> None:
+    def check_port(self, port: int = SSH_PORT) -> None:
         """Fail clearly when port 22 is taken on every address (a host sshd on 0.0.0.0)."""
         probe = str(self.block.network_address + 1)
-        if port_free(probe):
+        if port_free(probe, port):
             return
-        if wildcard_listener():
+        if wildcard_listener(port):
             raise FactoryError(
-                "port 22 is taken on all addresses (an sshd listening on 0.0.0.0:22?): the local "
-                "cloud's instances each need port 22 on their own 127.x.y.z address; stop it "
-                "(service ssh stop) or give it a specific ListenAddress"
+                f"port {port} is taken on all addresses (an sshd listening on 0.0.0.0:{port}?): "
+                f"the local cloud's instances each need port {port} on their own 127.x.y.z "
+                "address; stop it (service ssh stop) or give it a specific ListenAddress"
             )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from moto.core.types import Base64EncodedString
 
+from factory.errors import FactoryError
 from factory.localcloud import runtime
 from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID, debootstrap_argv
 from factory.localcloud.layers import BASE_LAYER, ImageStore, copy_tree
@@ -169,6 +170,15 @@ def test_sweep_kills_leftover_sandbox_processes_and_removes_directories(tmp_path
     runtime.sweep(tmp_path / "missing")  # nothing there: nothing to do
 
 
-def test_wildcard_listener_reads_proc_net(tmp_path: Path) -> None:
-    # whatever this machine runs, the answer is a bool and port 1 (tcpmux) is not listened on
-    assert runtime.wildcard_listener(1) is False
+def test_a_listener_on_all_addresses_is_reported_clearly() -> None:
+    pool = runtime.AddressPool(ipaddress.IPv4Network("127.232.0.0/16"))
+    with socket.socket() as listener:
+        # a high port stands in for 22: binding 0.0.0.0:22 would disturb other local clouds
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert runtime.wildcard_listener(port)
+        with pytest.raises(FactoryError, match=rf"port {port} is taken on all addresses"):
+            pool.check_port(port)
+    assert not runtime.wildcard_listener(port)
+    pool.check_port(port)  # free again: no error
