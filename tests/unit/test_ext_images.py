@@ -129,3 +129,72 @@ def test_shared_snapshot_survives_until_its_last_image_goes(ec2: Any) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         ec2.describe_snapshots(SnapshotIds=[snap])
     assert _code(exc) == "InvalidSnapshot.NotFound"
+
+
+@pytest.fixture(scope="module")
+def plain_moto_ec2(ec2: Any) -> Iterator[Any]:
+    """The same moto backends without the fast DescribeImages handler, for comparison."""
+    app = LocalCloudApp()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield boto3.client(
+        "ec2",
+        region_name="eu-central-1",
+        endpoint_url=f"http://127.0.0.1:{server.server_port}",
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+    )
+    server.shutdown()
+
+
+def test_fast_describe_images_matches_moto(ec2: Any, plain_moto_ec2: Any) -> None:
+    tagged = ec2.register_image(
+        Name="compare-me",
+        Description="a & b <c>",
+        TagSpecifications=[
+            {
+                "ResourceType": "image",
+                "Tags": [
+                    {"Key": "factory:family", "Value": "web"},
+                    {"Key": "note", "Value": "x<y>"},
+                ],
+            }
+        ],
+    )["ImageId"]
+    ec2.enable_image_deprecation(ImageId=tagged, DeprecateAt=datetime.now(UTC) + timedelta(days=1))
+    ec2.enable_image_deregistration_protection(ImageId=tagged)
+    ec2.modify_image_attribute(ImageId=tagged, LaunchPermission={"Add": [{"Group": "all"}]})
+    for kwargs in (
+        {},
+        {"Owners": ["self"]},
+        {"ImageIds": [tagged]},
+        {"Filters": [{"Name": "tag:factory:family", "Values": ["web"]}]},
+        {"Filters": [{"Name": "name", "Values": ["*Windows*"]}]},
+    ):
+        fast = ec2.describe_images(**kwargs)["Images"]
+        slow = plain_moto_ec2.describe_images(**kwargs)["Images"]
+        assert fast == slow, kwargs
+        assert fast
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        ec2.describe_images(ImageIds=["ami-00000000deadbeef0"])
+    assert _code(exc) == "InvalidAMIID.NotFound"
+
+
+def test_describe_images_pages_with_max_results(ec2: Any) -> None:
+    family = [
+        ec2.register_image(
+            Name=f"paged-{i}",
+            TagSpecifications=[
+                {"ResourceType": "image", "Tags": [{"Key": "factory:family", "Value": "paged"}]}
+            ],
+        )["ImageId"]
+        for i in range(7)
+    ]
+    pages = list(
+        ec2.get_paginator("describe_images").paginate(
+            Filters=[{"Name": "tag:factory:family", "Values": ["paged"]}],
+            PaginationConfig={"PageSize": 3},
+        )
+    )
+    assert [len(p["Images"]) for p in pages] == [3, 3, 1]
+    assert sorted(i["ImageId"] for p in pages for i in p["Images"]) == sorted(family)
