@@ -462,29 +462,47 @@ def record_verification(
     verify_result_digest: str,
     junit_path: Path,
     *,
+    passed: bool | None = None,
+    suite_digest: str | None = None,
+    summary_path: Path | None = None,
     bucket: str | None = None,
 ) -> Attestation:
-    """After verify: store the JUnit report and append a Statement with the test byproducts."""
+    """After verify: store the JUnit report (and the result summary) beside the attestation
+    and append a Statement with them as byproducts.
+
+    `passed` is verify's verdict (default: the JUnit totals); the result counts as passed
+    only if both agree. `summary_path` is the file `verify_result_digest` is the sha256 of.
+    """
     build, uri = _latest_build(clients, ami_id)
     bucket = bucket or parse_s3_uri(uri)[0]
     junit = junit_path.read_bytes()
     summary = junit_summary(junit)
     junit_key = object_key(clients.account_id, clients.region, ami_id, ".junit.xml")
-    call(
-        clients.client("s3"),
-        "PutObject",
-        Bucket=bucket,
-        Key=junit_key,
-        Body=junit,
-        ContentType="application/xml",
-    )
+    s3 = clients.client("s3")
+    call(s3, "PutObject", Bucket=bucket, Key=junit_key, Body=junit, ContentType="application/xml")
+    result: dict[str, Any] = {
+        "name": "verify-result",
+        "digest": {"sha256": verify_result_digest},
+        "annotations": {
+            "result": "passed" if summary.passed and passed is not False else "failed",
+        },
+    }
+    if suite_digest:
+        result["annotations"]["suite_digest"] = suite_digest
+    if summary_path is not None:
+        result_key = object_key(clients.account_id, clients.region, ami_id, ".verify-result.json")
+        call(
+            s3,
+            "PutObject",
+            Bucket=bucket,
+            Key=result_key,
+            Body=summary_path.read_bytes(),
+            ContentType="application/json",
+        )
+        result["uri"] = f"s3://{bucket}/{result_key}"
     identity = ImageIdentity.from_image(_image(clients, ami_id))
     byproducts = [
-        {
-            "name": "verify-result",
-            "digest": {"sha256": verify_result_digest},
-            "annotations": {"result": "passed" if summary.passed else "failed"},
-        },
+        result,
         {
             "name": "junit.xml",
             "uri": f"s3://{bucket}/{junit_key}",
@@ -732,6 +750,7 @@ def _tag_expectations(
         for product in verification["predicate"]["runDetails"].get("byproducts", []):
             if product.get("name") == "verify-result":
                 expected[T.RESULT_DIGEST] = _dep_digest(product)
+                expected[T.SUITE_DIGEST] = product.get("annotations", {}).get("suite_digest")
     return {k: str(v) for k, v in expected.items() if v is not None}
 
 
@@ -809,6 +828,13 @@ def _check_tests(  # noqa: PLR0911 - each failed condition ends the check with i
     if junit is None or not junit.get("uri"):
         out.fail("tests", "the verification attestation names no JUnit report")
         return
+    stored_result = products.get("verify-result", {}).get("uri")
+    if stored_result:
+        found_result = _get_object(clients, *parse_s3_uri(str(stored_result)))
+        wanted = _dep_digest(products["verify-result"])
+        if found_result is None or hashlib.sha256(found_result[0]).hexdigest() != wanted:
+            out.fail("tests: result", f"verify result {stored_result} is missing or changed")
+            return
     bucket, key = parse_s3_uri(str(junit["uri"]))
     found = _get_object(clients, bucket, key)
     if found is None:

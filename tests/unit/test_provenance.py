@@ -399,3 +399,47 @@ def test_verify_trusts_the_configured_key_file_and_nothing_else(world: World) ->
     assert report.ok, report.failures
     untrusted = verify_provenance(world.aws, world.ami, repo=world.root)
     assert "no trusted public key for keyid sha256:" in untrusted.failures[0].detail
+
+
+def test_verify_result_summary_and_suite_digest(aws: AwsClients, tmp_path: Path) -> None:
+    files = make_repo(tmp_path)
+    signer = generate_key_file(tmp_path / "k.pem")
+    base = register_base(aws)
+    tags = make_build_tags("web", "4.0", base)
+    ami = register(aws, "web-4.0", tags)
+    record_build(aws, signer, ami, facts_for(tmp_path, files, "web", "4.0", base, tags))
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"outcome": "verified"}')
+    digest = hashlib.sha256(summary.read_bytes()).hexdigest()
+    junit = tmp_path / "junit.xml"
+    junit.write_bytes(JUNIT_PASS)
+    aws.client("ec2").create_tags(
+        Resources=[ami], Tags=tag_list({T.RESULT_DIGEST: digest, T.SUITE_DIGEST: "5e" * 32})
+    )
+    record_verification(
+        aws, signer, ami, digest, junit, passed=True, suite_digest="5e" * 32, summary_path=summary
+    )
+    key = load_key(signer)
+    assert verify_provenance(aws, ami, repo=tmp_path, public_key=key).ok
+    aws.client("ec2").create_tags(Resources=[ami], Tags=tag_list({T.SUITE_DIGEST: "00" * 32}))
+    report = verify_provenance(aws, ami, repo=tmp_path, public_key=key)
+    assert [c.name for c in report.failures] == [f"tag {T.SUITE_DIGEST}"]
+    aws.client("ec2").create_tags(Resources=[ami], Tags=tag_list({T.SUITE_DIGEST: "5e" * 32}))
+    bucket, _ = parse_s3_uri(tags_of(aws, ami)[T.PROVENANCE_URI])
+    aws.client("s3").put_object(
+        Bucket=bucket,
+        Key=f"provenance/{aws.account_id}/us-east-1/{ami}.verify-result.json",
+        Body=b'{"outcome": "verified", "edited": true}',
+    )
+    report = verify_provenance(aws, ami, repo=tmp_path, public_key=key)
+    assert [c.name for c in report.failures] == ["tests: result"]
+    # verify's own verdict wins over a clean-looking JUnit report
+    record_verification(aws, signer, ami, digest, junit, passed=False)
+    report = verify_provenance(aws, ami, repo=tmp_path, public_key=key)
+    assert "not 'passed'" in report.failures[0].detail
+
+
+def load_key(signer: FileSigner) -> ec.EllipticCurvePublicKey:
+    key = serialization.load_pem_public_key(signer.public_key_pem())
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return key
