@@ -102,7 +102,9 @@ def _settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def parse_fleet(text: str, path: str = "fleet.toml", channels: Sequence[str] | None = None) -> Fleet:
+def parse_fleet(
+    text: str, path: str = "fleet.toml", channels: Sequence[str] | None = None
+) -> Fleet:
     """Parse and validate a fleet file (ConfigError naming the file and key on any mistake)."""
     try:
         doc = tomllib.loads(text)
@@ -121,7 +123,7 @@ def parse_fleet(text: str, path: str = "fleet.toml", channels: Sequence[str] | N
     groups_table = doc.get("groups", {})
     if not isinstance(groups_table, dict) or not groups_table:
         raise ConfigError(
-            f"{path}: no groups; add one like [groups.web-prod] family = \"web\" channel = \"prod\""
+            f'{path}: no groups; add one like [groups.web-prod] family = "web" channel = "prod"'
         )
     groups = []
     for name, table in sorted(groups_table.items()):
@@ -244,8 +246,15 @@ def plan_drift(
         if state.error is not None or state.group is None:
             out.append(
                 GroupDrift(
-                    entry.name, state.region, entry.family, entry.channel, state.channel_ami,
-                    None, (state.error or "group not found",), (), error=state.error,
+                    entry.name,
+                    state.region,
+                    entry.family,
+                    entry.channel,
+                    state.channel_ami,
+                    None,
+                    (state.error or "group not found",),
+                    (),
+                    error=state.error,
                 )
             )
             continue
@@ -270,8 +279,14 @@ def plan_drift(
             instances.append(InstanceDrift(facts.instance_id, ami, tuple(why)))
         out.append(
             GroupDrift(
-                entry.name, state.region, entry.family, entry.channel, want,
-                state.template_ami, tuple(reasons), tuple(instances),
+                entry.name,
+                state.region,
+                entry.family,
+                entry.channel,
+                want,
+                state.template_ami,
+                tuple(reasons),
+                tuple(instances),
             )
         )
     return DriftReport(fleet, tuple(out), now.isoformat(timespec="seconds"))
@@ -384,13 +399,25 @@ def reconcile(
         group = describe_group(clients, entry.name)
         image = describe_images(clients, [group_drift.channel_ami])[group_drift.channel_ami]
         plan = plan_rollout(
-            group, image, entry.refresh_settings(base), region=clients.region,
-            source=f"channel {entry.family}/{entry.channel}", force=force,
+            group,
+            image,
+            entry.refresh_settings(base),
+            region=clients.region,
+            source=f"channel {entry.family}/{entry.channel}",
+            force=force,
         )
         if dry_run:
             return RolloutResult(
-                plan.group, plan.region, plan.ami_id, None, "DryRun", "; ".join(plan.actions),
-                plan.template_id, None, plan.current_number, waited=False,
+                plan.group,
+                plan.region,
+                plan.ami_id,
+                None,
+                "DryRun",
+                "; ".join(plan.actions),
+                plan.template_id,
+                None,
+                plan.current_number,
+                waited=False,
                 warnings=plan.warnings,
             )
         return apply_rollout(

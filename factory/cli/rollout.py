@@ -160,12 +160,21 @@ def rollout_group() -> None:
 
 
 def _settings(
-    min_healthy: int, max_healthy: int, warmup: int | None, checkpoints: tuple[int, ...],
-    checkpoint_delay: int | None, alarms: tuple[str, ...], skip_matching: bool,
+    min_healthy: int,
+    max_healthy: int,
+    warmup: int | None,
+    checkpoints: tuple[int, ...],
+    checkpoint_delay: int | None,
+    alarms: tuple[str, ...],
+    skip_matching: bool,
 ) -> RefreshSettings:
     settings = RefreshSettings(
-        min_healthy=min_healthy, max_healthy=max_healthy, warmup=warmup,
-        checkpoints=checkpoints, checkpoint_delay=checkpoint_delay, alarms=alarms,
+        min_healthy=min_healthy,
+        max_healthy=max_healthy,
+        warmup=warmup,
+        checkpoints=checkpoints,
+        checkpoint_delay=checkpoint_delay,
+        alarms=alarms,
         skip_matching=skip_matching,
     )
     settings.check()
@@ -175,28 +184,59 @@ def _settings(
 def refresh_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("--min-healthy", type=click.IntRange(0, 100), default=90,
-                         show_default=True, help="Percent of the group kept healthy."),
-            click.option("--max-healthy", type=click.IntRange(100, 200), default=100,
-                         show_default=True,
-                         help="Percent the group may grow to (over 100: launch before terminate)."),
-            click.option("--warmup", type=click.IntRange(min=0),
-                         help="Seconds a new instance warms up before it counts (default: the "
-                              "group's)."),
-            click.option("--checkpoints", callback=_checkpoints,
-                         help="Pause at these percentages, e.g. 20,50,100."),
-            click.option("--checkpoint-delay", type=click.IntRange(min=0),
-                         help="Seconds to wait at each checkpoint (AWS default 3600)."),
-            click.option("--alarm", "alarms", multiple=True,
-                         help="CloudWatch alarm that fails (and rolls back) the refresh; repeatable."),
-            click.option("--skip-matching/--no-skip-matching", default=True, show_default=True,
-                         help="Leave instances already on the target version alone."),
-            click.option("--no-wait", is_flag=True,
-                         help="Print the refresh id and return; follow with `rollout status`."),
-            click.option("--on-interrupt", type=click.Choice(["ask", "cancel", "detach"]),
-                         default="ask", show_default=True,
-                         help="What Ctrl-C does while waiting (ask: prompt on a terminal, "
-                              "else cancel)."),
+            click.option(
+                "--min-healthy",
+                type=click.IntRange(0, 100),
+                default=90,
+                show_default=True,
+                help="Percent of the group kept healthy.",
+            ),
+            click.option(
+                "--max-healthy",
+                type=click.IntRange(100, 200),
+                default=100,
+                show_default=True,
+                help="Percent the group may grow to (over 100: launch before terminate).",
+            ),
+            click.option(
+                "--warmup",
+                type=click.IntRange(min=0),
+                help="Seconds a new instance warms up before it counts (default: the group's).",
+            ),
+            click.option(
+                "--checkpoints",
+                callback=_checkpoints,
+                help="Pause at these percentages, e.g. 20,50,100.",
+            ),
+            click.option(
+                "--checkpoint-delay",
+                type=click.IntRange(min=0),
+                help="Seconds to wait at each checkpoint (AWS default 3600).",
+            ),
+            click.option(
+                "--alarm",
+                "alarms",
+                multiple=True,
+                help="CloudWatch alarm that fails (and rolls back) the refresh; repeatable.",
+            ),
+            click.option(
+                "--skip-matching/--no-skip-matching",
+                default=True,
+                show_default=True,
+                help="Leave instances already on the target version alone.",
+            ),
+            click.option(
+                "--no-wait",
+                is_flag=True,
+                help="Print the refresh id and return; follow with `rollout status`.",
+            ),
+            click.option(
+                "--on-interrupt",
+                type=click.Choice(["ask", "cancel", "detach"]),
+                default="ask",
+                show_default=True,
+                help="What Ctrl-C does while waiting (ask: prompt on a terminal, else cancel).",
+            ),
         ]
     ):
         fn = option(fn)
@@ -207,16 +247,27 @@ def refresh_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("asg", required=False)
 @click.option("--ami", help="The image to roll out (must be verified, not revoked).")
 @click.option("--channel", help="Roll out what FAMILY/CHANNEL names, e.g. web/prod.")
-@click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Reconcile every drifted group of this fleet file.")
-@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With --fleet: groups rolled out at once.")
+@click.option(
+    "--fleet",
+    "fleet_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Reconcile every drifted group of this fleet file.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --fleet: groups rolled out at once.",
+)
 @refresh_options
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--force", is_flag=True, help="Roll out to a group tagged factory:stateful=true.")
-@click.option("--verify-live", is_flag=True,
-              help="After success, run the image's test suite on a new instance; roll back if "
-                   "it fails.")
+@click.option(
+    "--verify-live",
+    is_flag=True,
+    help="After success, run the image's test suite on a new instance; roll back if it fails.",
+)
 @output_option
 @pass_cli
 def start_command(  # noqa: PLR0913, PLR0917 - Click passes every option
@@ -250,8 +301,14 @@ def start_command(  # noqa: PLR0913, PLR0917 - Click passes every option
             raise ConfigError("--fleet reconciles the file's groups: drop ASG, --ami, --channel")
         fleet = load_fleet(fleet_path, ctx.config.channels)
         result = reconcile(
-            fleet, lambda region: ctx.clients(region), progress, settings,
-            parallel=parallel, force=force, wait=not no_wait, dry_run=dry_run,
+            fleet,
+            lambda region: ctx.clients(region),
+            progress,
+            settings,
+            parallel=parallel,
+            force=force,
+            wait=not no_wait,
+            dry_run=dry_run,
             on_interrupt=choice,
         )
         ctx.emit(result, render_reconcile(result))
@@ -287,17 +344,29 @@ def start_command(  # noqa: PLR0913, PLR0917 - Click passes every option
 
 @rollout_group.command("status")
 @click.argument("asg")
-@click.option("--follow/--no-follow", default=True, show_default=True,
-              help="Follow a running refresh to its end.")
-@click.option("--on-interrupt", type=click.Choice(["ask", "cancel", "detach"]), default="detach",
-              show_default=True, help="What Ctrl-C does while following.")
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Follow a running refresh to its end.",
+)
+@click.option(
+    "--on-interrupt",
+    type=click.Choice(["ask", "cancel", "detach"]),
+    default="detach",
+    show_default=True,
+    help="What Ctrl-C does while following.",
+)
 @output_option
 @pass_cli
 def status_command(ctx: CliContext, asg: str, follow: bool, on_interrupt: str) -> None:
     """Show (and follow) the group's latest instance refresh."""
     progress = ctx.progress()
     result = follow_status(
-        ctx.clients(), asg, progress, follow=follow,
+        ctx.clients(),
+        asg,
+        progress,
+        follow=follow,
         on_interrupt=interrupt_choice(on_interrupt, progress),
     )
     ctx.emit(result, render_result(result))
@@ -330,15 +399,26 @@ def rollback_command(  # noqa: PLR0913, PLR0917 - Click passes every option
     )
     progress = ctx.progress()
     result = rollback(
-        ctx.clients(), asg, progress, wait=not no_wait,
-        on_interrupt=interrupt_choice(on_interrupt, progress), settings=settings, force=force,
+        ctx.clients(),
+        asg,
+        progress,
+        wait=not no_wait,
+        on_interrupt=interrupt_choice(on_interrupt, progress),
+        settings=settings,
+        force=force,
     )
     ctx.emit(result, render_result(result))
 
 
 @click.command("drift")
-@click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("fleet.toml"), show_default=True, help="The fleet file.")
+@click.option(
+    "--fleet",
+    "fleet_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("fleet.toml"),
+    show_default=True,
+    help="The fleet file.",
+)
 @click.option("--exit-code", is_flag=True, help="Exit 1 when anything drifted.")
 @output_option
 @pass_cli

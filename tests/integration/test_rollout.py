@@ -1,0 +1,280 @@
+"""Rollout against the local cloud with real sandboxed instances.
+
+One module-scoped setup: images v1, v2 and a broken v3 made from the Debian base image with
+CreateImage, a launch template whose user data fails on v3 (the image carries /etc/broken), and
+a 4-instance group. The tests run in order: drift before, v1 -> v2 (healthy count watched while
+it runs), drift after, v3 rolls back to v2 by itself, a stateful group is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from factory import tags as T
+from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.errors import RefusedError
+from factory.fleet import drift, parse_fleet
+from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
+from factory.output import Progress
+from factory.rollout import (
+    RefreshSettings,
+    RolloutFailed,
+    apply_rollout,
+    describe_group,
+    describe_images,
+    plan_rollout,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.runtime]
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILY = "rolltest"
+CAPACITY = 4
+MIN_HEALTHY = 50
+# The group's user data: fails on an image that carries /etc/broken (v3).
+USER_DATA = "#!/bin/sh\nif [ -e /etc/broken ]; then echo broken image >&2; exit 3; fi\necho ok\n"
+
+
+@dataclass(frozen=True)
+class World:
+    clients: AwsClients
+    v1: str
+    v2: str
+    v3: str
+    group: str
+    template_id: str
+
+
+def _wait(probe: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _health(ec2: Any, instance_ids: list[str]) -> dict[str, str]:
+    if not instance_ids:
+        return {}
+    statuses = ec2.describe_instance_status(InstanceIds=instance_ids, IncludeAllInstances=True)[
+        "InstanceStatuses"
+    ]
+    return {s["InstanceId"]: s["InstanceStatus"]["Status"] for s in statuses}
+
+
+def _make_image(clients: AwsClients, base: str, version: str, user_data: str) -> str:
+    """Boot the base image, let user data change it, CreateImage, tag it verified."""
+    ec2 = clients.client("ec2")
+    instance = ec2.run_instances(
+        ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro", UserData=user_data
+    )["Instances"][0]["InstanceId"]
+    try:
+        _wait(lambda: _health(ec2, [instance]).get(instance) == "ok", 60, f"{instance} healthy")
+        ami = ec2.create_image(
+            InstanceId=instance, Name=f"{FAMILY}-{version}-{uuid.uuid4().hex[:6]}", NoReboot=True
+        )["ImageId"]
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])
+    ec2.create_tags(
+        Resources=[ami],
+        Tags=tag_list({T.FAMILY: FAMILY, T.VERSION: version, T.STATUS: T.Status.VERIFIED.value}),
+    )
+    return str(ami)
+
+
+@pytest.fixture(scope="module")
+def world(local_cloud: Any) -> Iterator[World]:
+    clients = AwsClients(AwsTarget("us-east-1", endpoint_url=local_cloud.endpoint_url))
+    ec2 = clients.client("ec2")
+    base = ec2.describe_images(
+        Owners=[DEBIAN_OWNER_ID], Filters=[{"Name": "name", "Values": [DEBIAN_12_NAME_PATTERN]}]
+    )["Images"][0]["ImageId"]
+    v1 = _make_image(clients, base, "1", "#!/bin/sh\necho v1 > /etc/image-version\n")
+    v2 = _make_image(clients, base, "2", "#!/bin/sh\necho v2 > /etc/image-version\n")
+    v3 = _make_image(
+        clients, base, "3", "#!/bin/sh\necho v3 > /etc/image-version\ntouch /etc/broken\n"
+    )
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    template = ec2.create_launch_template(
+        LaunchTemplateName=name,
+        LaunchTemplateData={
+            "ImageId": v1,
+            "InstanceType": "t3.micro",
+            "UserData": base64.b64encode(USER_DATA.encode()).decode(),
+        },
+    )["LaunchTemplate"]
+    asg = clients.client("autoscaling")
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        MinSize=0,
+        MaxSize=CAPACITY * 2,
+        DesiredCapacity=CAPACITY,
+        AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
+    )
+    group_ids = [
+        i["InstanceId"]
+        for i in asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+            "AutoScalingGroups"
+        ][0]["Instances"]
+    ]
+    _wait(lambda: all(v == "ok" for v in _health(ec2, group_ids).values()), 60, "group healthy")
+    clients.client("ssm").put_parameter(
+        Name=f"/factory/{FAMILY}/prod",
+        Value=v2,
+        Type="String",
+        DataType="aws:ec2:image",
+        Overwrite=True,
+    )
+    yield World(clients, v1, v2, v3, name, template["LaunchTemplateId"])
+    asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+
+
+def _group_images(world: World) -> dict[str, str]:
+    group = describe_group(world.clients, world.group)
+    ids = [i.instance_id for i in group.instances]
+    reservations = world.clients.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
+    return {i["InstanceId"]: i["ImageId"] for r in reservations for i in r["Instances"]}
+
+
+def _fleet(world: World) -> Any:
+    return parse_fleet(
+        f'[groups.{world.group}]\nfamily = "{FAMILY}"\nchannel = "prod"\n', "fleet.toml"
+    )
+
+
+def _rollout(world: World, ami: str, **settings: Any) -> Any:
+    group = describe_group(world.clients, world.group)
+    image = describe_images(world.clients, [ami])[ami]
+    plan = plan_rollout(
+        group,
+        image,
+        RefreshSettings(min_healthy=MIN_HEALTHY, warmup=1, **settings),
+        region="us-east-1",
+    )
+    return apply_rollout(plan, world.clients, Progress(quiet=True))
+
+
+def test_drift_before(world: World) -> None:
+    report = drift(_fleet(world), lambda _region: world.clients)
+    (group,) = report.groups
+    assert group.drifted
+    assert group.channel_ami == world.v2 and group.template_ami == world.v1
+    assert len(group.instances) == CAPACITY
+    assert all(f"runs {world.v1}" in i.reasons[0] for i in group.instances)
+
+
+def test_rollout_v1_to_v2_keeps_min_healthy(world: World) -> None:
+    ec2 = world.clients.client("ec2")
+    asg = world.clients.client("autoscaling")
+    lowest = [CAPACITY]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])[
+                "AutoScalingGroups"
+            ][0]
+            ids = [
+                i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"
+            ]
+            healthy = sum(1 for v in _health(ec2, ids).values() if v == "ok")
+            lowest[0] = min(lowest[0], healthy)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = _rollout(world, world.v2)
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert result.status == "Successful"
+    images = _group_images(world)
+    assert len(images) == CAPACITY
+    assert set(images.values()) == {world.v2}
+    # the watcher saw the replacement happen, and never below the minimum
+    assert CAPACITY * MIN_HEALTHY // 100 <= lowest[0] < CAPACITY
+    group = describe_group(world.clients, world.group)
+    assert group.version == str(result.launch_template_version)  # a number, not $Latest
+    # only ImageId changed: the user data came along from the source version
+    version = ec2.describe_launch_template_versions(
+        LaunchTemplateId=world.template_id, Versions=[group.version]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert version["ImageId"] == world.v2
+    assert base64.b64decode(version["UserData"]).decode() == USER_DATA
+
+
+def test_drift_after(world: World) -> None:
+    report = drift(_fleet(world), lambda _region: world.clients)
+    assert not report.drifted, report
+
+
+def test_broken_v3_rolls_back_to_v2(world: World) -> None:
+    before = describe_group(world.clients, world.group).version
+    with pytest.raises(RolloutFailed, match="rolled back") as failure:
+        _rollout(world, world.v3)
+    assert "now:" in failure.value.message
+    images = _group_images(world)
+    assert len(images) == CAPACITY
+    assert set(images.values()) == {world.v2}
+    assert describe_group(world.clients, world.group).version == before
+    refresh = world.clients.client("autoscaling").describe_instance_refreshes(
+        AutoScalingGroupName=world.group
+    )["InstanceRefreshes"][0]
+    assert refresh["Status"] == "RollbackSuccessful"
+    assert "impaired" in refresh["RollbackDetails"]["RollbackReason"]
+
+
+def test_stateful_group_refused(world: World) -> None:
+    asg = world.clients.client("autoscaling")
+    asg.create_or_update_tags(
+        Tags=[
+            {
+                "ResourceId": world.group,
+                "ResourceType": "auto-scaling-group",
+                "Key": T.STATEFUL,
+                "Value": "true",
+                "PropagateAtLaunch": False,
+            }
+        ]
+    )
+    try:
+        group = describe_group(world.clients, world.group)
+        image = describe_images(world.clients, [world.v1])[world.v1]
+        with pytest.raises(RefusedError, match="stateful"):
+            plan_rollout(group, image, RefreshSettings(), region="us-east-1")
+        cli = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "factory"), "rollout", world.group, "--ami", world.v1],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=60,
+            check=False,
+        )
+        assert cli.returncode == 2, cli.stderr
+        assert "factory:stateful=true" in cli.stderr and "--force" in cli.stderr
+        assert set(_group_images(world).values()) == {world.v2}  # nothing was touched
+    finally:
+        asg.delete_tags(
+            Tags=[
+                {
+                    "ResourceId": world.group,
+                    "ResourceType": "auto-scaling-group",
+                    "Key": T.STATEFUL,
+                }
+            ]
+        )
