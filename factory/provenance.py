@@ -137,6 +137,11 @@ def _time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that have a value (SLSA wants absent fields left out, not null)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def subject_for(identity: ImageIdentity, region: str, account: str) -> dict[str, Any]:
     return {
         "name": f"arn:aws:ec2:{region}::image/{identity.ami_id}",
@@ -189,12 +194,12 @@ def build_statement(
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "family": facts.family,
-                    "version": facts.version,
-                    "source_ami": facts.source_ami,
-                    "template_digest": facts.template_digest,
-                },
+                "externalParameters": _present(
+                    family=facts.family,
+                    version=facts.version,
+                    source_ami=facts.source_ami,
+                    template_digest=facts.template_digest,
+                ),
                 "internalParameters": {
                     "stage": Stage.BUILD,
                     "git_dirty": facts.git_dirty,
@@ -209,11 +214,11 @@ def build_statement(
                         "packer": facts.packer_version,
                     },
                 },
-                "metadata": {
-                    "invocationId": facts.build_id,
-                    "startedOn": _time(facts.started_at),
-                    "finishedOn": _time(facts.finished_at or datetime.now(UTC)),
-                },
+                "metadata": _present(
+                    invocationId=facts.build_id,
+                    startedOn=_time(facts.started_at),
+                    finishedOn=_time(facts.finished_at or datetime.now(UTC)),
+                ),
                 "byproducts": [],
             },
         },

@@ -26,6 +26,7 @@ from factory.localcloud.app import ActionRequest, ExtensionError
 from factory.provenance import (
     PREDICATE_TYPE,
     STATEMENT_TYPE,
+    file_digests,
     junit_summary,
     parse_s3_uri,
     read_envelopes,
@@ -443,3 +444,19 @@ def load_key(signer: FileSigner) -> ec.EllipticCurvePublicKey:
     key = serialization.load_pem_public_key(signer.public_key_pem())
     assert isinstance(key, ec.EllipticCurvePublicKey)
     return key
+
+
+def test_file_digests_walks_folders_relative_to_the_repo(tmp_path: Path) -> None:
+    make_repo(tmp_path)
+    (tmp_path / "templates/web/tests/__pycache__").mkdir()
+    (tmp_path / "templates/web/tests/__pycache__/x.pyc").write_bytes(b"\0")
+    found = file_digests(tmp_path, [Path("templates/web"), tmp_path / "provisioners/web.sh"], "t")
+    assert [f.path for f in found] == [
+        "templates/web/image.pkr.hcl.j2",
+        "templates/web/tests/test_image.py",
+        "templates/web/vars.json",
+        "provisioners/web.sh",
+    ]
+    assert found[-1].sha256 == hashlib.sha256(b"# web.sh\necho web\n").hexdigest()
+    with pytest.raises(ConfigError, match="outside the repository"):
+        file_digests(tmp_path / "templates", [tmp_path / "provisioners/web.sh"], "t")
