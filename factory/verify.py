@@ -142,25 +142,32 @@ class VerifyPlan:
 def describe_images(clients: AwsClients, ami_ids: Sequence[str]) -> tuple[ImageFacts, ...]:
     """The AMIs to verify, in the order asked; a missing one is an error naming it."""
     ec2 = clients.client("ec2")
-    found = {
-        image["ImageId"]: ImageFacts(
-            ami_id=image["ImageId"],
-            name=image.get("Name", ""),
-            state=image.get("State", "unknown"),
-            owner_id=str(image.get("OwnerId", "")),
-            tags=tags_dict(image.get("Tags")),
-        )
-        for image in paginate(
-            ec2, "DescribeImages", "Images", ImageIds=list(dict.fromkeys(ami_ids))
-        )
-    }
-    missing = [ami for ami in ami_ids if ami not in found]
+    wanted = list(dict.fromkeys(ami_ids))
+    found: dict[str, ImageFacts] = {}
+    for ami_id in wanted:
+        # one id per call: AWS fails the whole call (InvalidAMIID.*) when any id is unknown
+        with aws_errors("ec2:DescribeImages"):
+            try:
+                images = ec2.describe_images(ImageIds=[ami_id])["Images"]
+            except Exception as exc:
+                if not str(error_code(exc)).startswith("InvalidAMIID"):
+                    raise
+                images = []
+        for image in images:
+            found[image["ImageId"]] = ImageFacts(
+                ami_id=image["ImageId"],
+                name=image.get("Name", ""),
+                state=image.get("State", "unknown"),
+                owner_id=str(image.get("OwnerId", "")),
+                tags=tags_dict(image.get("Tags")),
+            )
+    missing = [ami for ami in wanted if ami not in found]
     if missing:
         raise ConfigError(
             f"no such image in {clients.region}: {', '.join(missing)}; "
             "check the id and the region (`factory images list`)"
         )
-    return tuple(found[ami] for ami in dict.fromkeys(ami_ids))
+    return tuple(found[ami] for ami in wanted)
 
 
 def suite_dirs_for(templates_dir: Path, family: str | None) -> tuple[Path, ...]:
@@ -420,6 +427,8 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class TestCase:
+    __test__ = False  # a result, not a pytest test class
+
     name: str  # "_common/tests/test_ssh.py::test_password_login_disabled"
     outcome: str  # passed | failed | error | skipped
     seconds: float
@@ -428,6 +437,8 @@ class TestCase:
 
 @dataclass(frozen=True)
 class TestSummary:
+    __test__ = False  # a result, not a pytest test class
+
     passed: int
     failed: int
     errors: int

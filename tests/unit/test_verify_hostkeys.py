@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,6 +186,7 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         def _reply() -> None:
+            time.sleep(0.2)  # after paramiko has sent the exec request's success reply
             channel.sendall(b"hello\n")
             channel.send_exit_status(0)
             channel.close()

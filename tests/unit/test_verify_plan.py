@@ -1,0 +1,326 @@
+"""Verify's plan: suites and their digests, which images may be verified, the pytest command,
+who may SSH in, and cleanup that finds what an interrupted launch created (moto in-process).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from moto import mock_aws
+
+from factory import tags
+from factory.aws import AwsClients, AwsTarget
+from factory.cli import cli
+from factory.errors import ConfigError, RefusedError
+from factory.output import Progress
+from factory.verify import (
+    HOST_ALIAS,
+    ImageFacts,
+    Suite,
+    VerifySettings,
+    VerifyTarget,
+    _Interrupts,
+    _Resources,
+    _Verification,
+    caller_cidr,
+    load_suite,
+    plan_for,
+    plan_verify,
+    pytest_argv,
+    ssh_config_text,
+    suite_dirs_for,
+    suite_root,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _family(root: Path, family: str, files: dict[str, str]) -> Path:
+    tests_dir = root / family / "tests"
+    tests_dir.mkdir(parents=True)
+    for name, text in files.items():
+        (tests_dir / name).write_text(text)
+    return tests_dir
+
+
+# --- suites -------------------------------------------------------------------------------
+
+
+def test_default_suite_is_common_then_family(tmp_path: Path) -> None:
+    common = _family(tmp_path, "_common", {"test_a.py": "def test_a(host): pass\n"})
+    base = _family(tmp_path, "base", {"test_b.py": "def test_b(host): pass\n"})
+    assert suite_dirs_for(tmp_path, "base") == (common, base)
+    assert suite_dirs_for(tmp_path, "app") == (common,)  # no app/tests: only the shared suite
+    assert suite_dirs_for(tmp_path, None) == (common,)
+
+
+def test_suite_digest_names_exactly_what_runs(tmp_path: Path) -> None:
+    common = _family(tmp_path, "_common", {"test_a.py": "A = 1\n", "conftest.py": "X = 1\n"})
+    suite = load_suite([common])
+    assert suite.files == ("_common/tests/conftest.py", "_common/tests/test_a.py")
+    assert suite.digest.startswith("sha256:") and len(suite.digest) == 71
+    # bytecode caches do not change it ...
+    (common / "__pycache__").mkdir()
+    (common / "__pycache__" / "test_a.cpython-311.pyc").write_bytes(b"\0")
+    assert load_suite([common]).digest == suite.digest
+    # ... any change to a test or a fixture does
+    (common / "conftest.py").write_text("X = 2\n")
+    changed = load_suite([common]).digest
+    assert changed != suite.digest
+    (common / "test_new.py").write_text("")
+    assert load_suite([common]).digest not in (suite.digest, changed)
+
+
+def test_suite_errors_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found; pass an existing --suite"):
+        load_suite([tmp_path / "nope"])
+    empty = _family(tmp_path, "x", {"conftest.py": ""})
+    with pytest.raises(ConfigError, match="no test_"):
+        load_suite([empty])
+
+
+def test_the_shipped_common_suite_loads() -> None:
+    suite = load_suite(suite_dirs_for(REPO / "templates", "base"))
+    assert "_common/tests/test_sshd.py" in suite.files
+    assert "_common/tests/conftest.py" in suite.files
+
+
+# --- plan ---------------------------------------------------------------------------------
+
+SUITE = Suite(
+    dirs=(Path("/t/_common/tests"),), files=("_common/tests/test_a.py",), digest="sha256:x"
+)
+
+
+def _image(ami: str = "ami-1", **kw: object) -> ImageFacts:
+    values: dict[str, object] = {
+        "name": "base-1",
+        "state": "available",
+        "owner_id": "111",
+        "tags": {tags.FAMILY: "base"},
+    }
+    values.update(kw)
+    return ImageFacts(ami_id=ami, **values)  # type: ignore[arg-type]
+
+
+def test_plan_verifies_each_image_with_its_suite() -> None:
+    plan = plan_verify(
+        "eu-west-1",
+        "111",
+        [_image("ami-1"), _image("ami-2")],
+        {"ami-1": SUITE, "ami-2": SUITE},
+        VerifySettings(parallel=2),
+    )
+    assert [t.ami_id for t in plan.targets] == ["ami-1", "ami-2"]
+    assert all(t.family == "base" and t.tag_verdict for t in plan.targets)
+    assert plan.region == "eu-west-1" and plan.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "match"),
+    [
+        (_image(state="pending"), RefusedError, "is pending, not available"),
+        (
+            _image(tags={tags.STATUS: "revoked", tags.REVOKED_REASON: "CVE-1"}),
+            RefusedError,
+            r"revoked \(CVE-1\)",
+        ),
+    ],
+)
+def test_plan_refuses(image: ImageFacts, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        plan_verify("r", "111", [image], {"ami-1": SUITE}, VerifySettings())
+
+
+def test_plan_rejects_bad_settings() -> None:
+    with pytest.raises(ConfigError, match="--parallel"):
+        plan_verify("r", "111", [_image()], {"ami-1": SUITE}, VerifySettings(parallel=0))
+    with pytest.raises(ConfigError, match="not a CIDR"):
+        plan_verify("r", "111", [_image()], {"ami-1": SUITE}, VerifySettings(ssh_cidr="me"))
+    with pytest.raises(ConfigError, match="no images"):
+        plan_verify("r", "111", [], {}, VerifySettings())
+
+
+def test_plan_warns_and_does_not_tag_what_is_not_ours() -> None:
+    plan = plan_verify(
+        "r", "111", [_image(owner_id="136693071363", tags={})], {"ami-1": SUITE}, VerifySettings()
+    )
+    assert plan.targets[0].tag_verdict is False
+    assert any("belongs to account 136693071363" in w for w in plan.warnings)
+    assert any("no factory:family tag" in w for w in plan.warnings)
+    explicit = plan_verify(
+        "r", "111", [_image(tags={})], {"ami-1": SUITE}, VerifySettings(), default_suite=False
+    )
+    assert explicit.warnings == ()
+
+
+# --- the pytest run -----------------------------------------------------------------------
+
+
+def test_pytest_argv_is_hermetic_and_pinned(tmp_path: Path) -> None:
+    dirs = (tmp_path / "templates/_common/tests", tmp_path / "templates/base/tests")
+    argv = pytest_argv(
+        dirs,
+        ssh_config=tmp_path / "ssh_config",
+        junit_path=tmp_path / "j.xml",
+        ini_path=tmp_path / "pytest.ini",
+        ami_id="ami-1",
+        python="/py",
+    )
+    assert argv[:3] == ("/py", "-m", "pytest")
+    joined = " ".join(argv)
+    assert "-p testinfra.plugin" in joined and "-p factory.verify_plugin" in joined
+    assert f"--hosts paramiko://{HOST_ALIAS}?ssh_config={tmp_path / 'ssh_config'}" in joined
+    assert f"--junitxml {tmp_path / 'j.xml'}" in joined
+    assert f"--rootdir {tmp_path / 'templates'}" in joined
+    assert argv[-2:] == tuple(str(d) for d in dirs)
+    assert suite_root(dirs) == tmp_path / "templates"
+
+
+def test_ssh_config_pins_the_host_key(tmp_path: Path) -> None:
+    text = ssh_config_text("127.40.0.9", "admin", tmp_path / "id", tmp_path / "kh")
+    assert f"Host {HOST_ALIAS}\n" in text
+    assert "HostName 127.40.0.9" in text and "User admin" in text
+    assert f"UserKnownHostsFile {tmp_path / 'kh'}" in text
+    assert "StrictHostKeyChecking yes" in text
+
+
+def test_caller_cidr_is_this_machine_as_the_instance_sees_it() -> None:
+    assert caller_cidr("127.40.0.9") == "127.0.0.1/32"
+
+    def public() -> str:
+        return "198.51.100.7"
+
+    try:
+        source = caller_cidr("8.8.8.8", lookup_public_ip=public)
+    except OSError:
+        pytest.skip("no route to a public address here")
+    local = ipaddress.ip_network(source)
+    # a public instance sees our public address when we are behind NAT, else our own
+    assert source == "198.51.100.7/32" or local.is_global
+
+
+# --- cleanup finds what an interrupted launch left (moto in-process) ------------------------
+
+
+@pytest.fixture
+def moto_clients() -> Iterator[AwsClients]:
+    saved = {k: os.environ.pop(k, None) for k in ("AWS_ENDPOINT_URL", "AWS_PROFILE")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    with mock_aws():
+        yield AwsClients(AwsTarget("us-east-1"))
+    for key, value in saved.items():
+        if value is not None:
+            os.environ[key] = value
+
+
+def _any_ami(clients: AwsClients) -> str:
+    return str(clients.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
+
+
+def test_cleanup_removes_what_an_interrupted_run_created(
+    moto_clients: AwsClients, tmp_path: Path
+) -> None:
+    """RunInstances returned but we never saw the id (signal): the run tag still finds it."""
+    ec2 = moto_clients.client("ec2")
+    ami = _any_ami(moto_clients)
+    target = VerifyTarget(ami_id=ami, name="x", family=None, suite=SUITE)
+    job = _Verification(
+        clients=moto_clients,
+        target=target,
+        settings=VerifySettings(),
+        output_dir=tmp_path,
+        progress=Progress(quiet=True),
+        interrupts=_Interrupts(),
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    res = _Resources(
+        run_id=job.run_id, workdir=workdir, key_name=f"k-{job.run_id}", group_name=f"g-{job.run_id}"
+    )
+    ec2.create_security_group(GroupName=res.group_name, Description="d")  # id never recorded
+    ec2.import_key_pair(
+        KeyName=res.key_name,
+        PublicKeyMaterial=(
+            b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAgZOqzRVcRmoC+m94oIRQqIF+YX8evADqRXiGP4fvb6"
+        ),
+    )
+    res.key_imported = True
+    ec2.run_instances(
+        ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=job._tag_spec("instance")
+    )
+    res.launch_requested = True  # ... and the reply was lost
+
+    report, kept = job._cleanup(res, keep=False, address=None)
+
+    assert kept is None and report.leftovers == ()
+    assert len(report.instances_terminated) == 1
+    assert report.key_pair_deleted and report.security_group_deleted
+    states = {
+        i["State"]["Name"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["InstanceId"] in report.instances_terminated
+    }
+    assert states == {"terminated"}
+    assert (
+        ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [res.key_name]}])["KeyPairs"]
+        == []
+    )
+    assert (
+        ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [res.group_name]}])[
+            "SecurityGroups"
+        ]
+        == []
+    )
+    assert not workdir.exists()
+
+
+def test_plan_for_names_missing_images(moto_clients: AwsClients, tmp_path: Path) -> None:
+    _family(tmp_path, "_common", {"test_a.py": "def test_a(host): pass\n"})
+    with pytest.raises(ConfigError, match="no such image in us-east-1: ami-12345678"):
+        plan_for(moto_clients, ["ami-12345678"], templates_dir=tmp_path, settings=VerifySettings())
+
+
+def test_cli_dry_run_prints_the_plan(moto_clients: AwsClients, tmp_path: Path) -> None:
+    common = _family(tmp_path / "templates", "_common", {"test_a.py": "def test_a(host): pass\n"})
+    ami = _any_ami(moto_clients)
+    ec2 = moto_clients.client("ec2")
+    instance = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]
+    own = ec2.create_image(InstanceId=instance["InstanceId"], Name="base-1")["ImageId"]
+    ec2.create_tags(Resources=[own], Tags=[{"Key": tags.FAMILY, "Value": "base"}])
+    before = ec2.describe_instances()["Reservations"]
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--config",
+            str(_config(tmp_path)),
+            "verify",
+            own,
+            "--dry-run",
+            "-O",
+            "json",
+            "--parallel",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["targets"][0]["ami_id"] == own
+    assert plan["targets"][0]["suite"]["files"] == ["_common/tests/test_a.py"]
+    assert plan["targets"][0]["suite"]["dirs"] == [str(common)]
+    assert plan["settings"]["parallel"] == 2
+    assert ec2.describe_instances()["Reservations"] == before  # nothing launched
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "factory.toml"
+    path.write_text('[factory]\ntemplates_dir = "templates"\nstate_dir = "state"\n')
+    return path
