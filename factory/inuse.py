@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 import botocore.exceptions
+import botocore.parsers
 
 from factory import tags
 from factory.aws import AwsClients, call, error_code, paginate
@@ -458,12 +459,19 @@ def launch_permission_usages(
     return tuple(sorted(u for batch in results for u in batch))
 
 
+_UNSUPPORTED: set[tuple[str | None, str, str]] = set()  # (endpoint, account, region)
+
+
 def image_reference_usages(
     clients: AwsClients, ami_ids: Collection[str], *, batch: int = 50
 ) -> tuple[tuple[Usage, ...], str | None]:
     """DescribeImageReferences where the endpoint has it; (usages, note if unsupported)."""
     ec2 = clients.client("ec2")
     account, region = clients.account_id, clients.region
+    scope = (clients.endpoint_url, account, region)
+    note = f"DescribeImageReferences not supported in {account}/{region}"
+    if scope in _UNSUPPORTED:
+        return (), note
     usages: list[Usage] = []
     ids = sorted(ami_ids)
     for start in range(0, len(ids), batch):
@@ -473,20 +481,18 @@ def image_reference_usages(
             )
             for page in pages:
                 for ref in page.get("ImageReferences", []):
+                    resource = f"{ref.get('ResourceType', '?')} {ref.get('Arn', '?')}"
                     usages.append(
-                        Usage(
-                            ref["ImageId"],
-                            UsageKind.IMAGE_REFERENCE,
-                            f"{ref.get('ResourceType', '?')} {ref.get('Arn', '?')}",
-                            account,
-                            region,
-                        )
+                        Usage(ref["ImageId"], UsageKind.IMAGE_REFERENCE, resource, account, region)
                     )
-        except NotImplementedError:  # moto in-process (mock_aws)
-            return (), f"DescribeImageReferences not supported in {account}/{region}"
+        except (NotImplementedError, botocore.parsers.ResponseParserError):
+            # moto in-process raises NotImplementedError; a server without it answers garbage
+            _UNSUPPORTED.add(scope)
+            return (), note
         except botocore.exceptions.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if error_code(exc) in UNSUPPORTED_CODES or status >= 500:
-                return (), f"DescribeImageReferences not supported in {account}/{region}"
+                _UNSUPPORTED.add(scope)
+                return (), note
             raise AwsError(f"ec2:DescribeImageReferences: {error_code(exc)}: {exc}") from None
     return tuple(sorted(usages)), None

@@ -146,13 +146,16 @@ class RetirePlan:
     scopes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
-    @property
-    def counts(self) -> dict[str, int]:
+    counts: Mapping[str, int] = field(default_factory=dict)  # filled in: action -> images
+
+    def __post_init__(self) -> None:
+        if self.counts:
+            return
         out = {a.value: 0 for a in Action}
         for decision in self.decisions:
             out[decision.action.value] += 1
         out["snapshots-delete"] = sum(1 for s in self.snapshots if s.action == "delete")
-        return out
+        object.__setattr__(self, "counts", out)
 
 
 @dataclass(frozen=True)

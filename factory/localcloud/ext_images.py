@@ -53,6 +53,7 @@ def install(cloud: Any) -> None:
     patch_moto()
     app = cloud.app
     app.register("ec2", "DescribeImages", describe_images)
+    app.register("ec2", "DescribeImageReferences", describe_image_references)
     app.register("ec2", "EnableImageDeprecation", enable_image_deprecation)
     app.register("ec2", "DisableImageDeprecation", disable_image_deprecation)
     app.register("ec2", "EnableImageDeregistrationProtection", enable_deregistration_protection)
@@ -290,6 +291,14 @@ def ec2_response(action: str, return_value: str) -> ActionResponse:
     return ActionResponse(
         f'<{action}Response xmlns="{EC2_NS}"><requestId>localcloud</requestId>'
         f"<return>{xml_escape(return_value)}</return></{action}Response>"
+    )
+
+
+def describe_image_references(request: ActionRequest) -> ActionResponse:
+    """Not emulated: answer as an endpoint without the API does (fast, not a 500)."""
+    raise ExtensionError(
+        "InvalidAction",
+        f"The action {request.action} is not valid for this web service.",
     )
 
 
