@@ -519,6 +519,11 @@ class VerifyResult:
         return self.outcome is Outcome.VERIFIED
 
     @property
+    def result_sha256(self) -> str | None:
+        """The result digest as bare hex (in-toto digests carry no `sha256:` prefix)."""
+        return self.result_digest.removeprefix("sha256:") if self.result_digest else None
+
+    @property
     def byproducts(self) -> dict[str, Path]:
         """Files to record in provenance (name -> path), present when the suite ran."""
         found = {"junit": self.junit_path, "summary": self.summary_path}
