@@ -28,6 +28,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ SSH_PORT = 22
 HEALTH_PENDING = "pending"
 HEALTH_OK = "ok"
 HEALTH_IMPAIRED = "impaired"
+
+OnRunning = Callable[[], None] | None  # called when an instance leaves "pending"
 
 
 # --- addresses ---------------------------------------------------------------------------
@@ -190,7 +193,6 @@ class InstanceRuntime:
         self.store = ImageStore(state_dir / LAYERS_DIR, base_rootfs_path(image_cache))
         self.instances: dict[str, InstanceRecord] = {}
         self._lock = threading.RLock()
-        self._started = False
 
     # --- lifecycle of the runtime ----------------------------------------------------------
 
@@ -206,7 +208,6 @@ class InstanceRuntime:
         self.addresses.check_port()
         sweep(self.state_dir)
         ensure_base_rootfs(self.image_cache)  # the store's base layer path: built if missing
-        self._started = True
         log.info(
             "instance runtime ready: addresses %s, base image %s",
             self.addresses.block,
@@ -286,7 +287,7 @@ class InstanceRuntime:
         image_id: str,
         key_material: str,
         user_data: Any,
-        on_running: Any,
+        on_running: OnRunning,
     ) -> str:
         """Allocate the address and boot the sandbox in the background; return the address."""
         address = self.addresses.allocate()
@@ -310,7 +311,7 @@ class InstanceRuntime:
         self._boot(record, on_running)
         return address
 
-    def start_instance(self, instance_id: str, on_running: Any) -> None:
+    def start_instance(self, instance_id: str, on_running: OnRunning) -> None:
         record = self._record(instance_id)
         if record is None or record.state in ("pending", "running"):
             return
@@ -388,7 +389,7 @@ class InstanceRuntime:
             if record is not None:
                 record.settled.wait(max(0.0, deadline - time.monotonic()))
 
-    def _boot(self, record: InstanceRecord, on_running: Any, *, wait: bool = False) -> None:
+    def _boot(self, record: InstanceRecord, on_running: OnRunning, *, wait: bool = False) -> None:
         record.state = "pending"
         record.boot_failed = False
         record.settled.clear()
