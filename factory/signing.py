@@ -34,6 +34,7 @@ PERMISSIONS = (
     "kms:DescribeKey",
     "kms:CreateKey",
     "kms:CreateAlias",
+    "kms:ScheduleKeyDeletion",
 )
 
 
@@ -158,7 +159,12 @@ def ensure_kms_key(clients: AwsClients, alias: str = DEFAULT_KMS_ALIAS) -> str:
         Description="ami-factory provenance signing key",
         Tags=[{"TagKey": "factory:purpose", "TagValue": "provenance"}],
     )["KeyMetadata"]
-    call(kms, "CreateAlias", AliasName=alias, TargetKeyId=key["KeyId"])
+    try:
+        kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+    except Exception as exc:  # noqa: BLE001 - another runner created it first: use theirs
+        if error_code(exc) != "AlreadyExistsException":
+            call(kms, "CreateAlias", AliasName=alias, TargetKeyId=key["KeyId"])
+        call(kms, "ScheduleKeyDeletion", KeyId=key["KeyId"], PendingWindowInDays=7)
     return alias
 
 

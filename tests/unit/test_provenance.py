@@ -460,3 +460,29 @@ def test_file_digests_walks_folders_relative_to_the_repo(tmp_path: Path) -> None
     assert found[-1].sha256 == hashlib.sha256(b"# web.sh\necho web\n").hexdigest()
     with pytest.raises(ConfigError, match="outside the repository"):
         file_digests(tmp_path / "templates", [tmp_path / "provisioners/web.sh"], "t")
+
+
+def test_default_kms_key_race_keeps_the_first_alias(aws: AwsClients, tmp_path: Path) -> None:
+    kms = aws.client("kms")
+    first = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    # another runner created the alias between our DescribeKey and CreateAlias
+    real_describe = kms.describe_key
+    calls = {"n": 0}
+
+    def describe_once_missing(**kwargs: str) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            kms.create_alias(AliasName="alias/ami-factory-provenance", TargetKeyId=first["KeyId"])
+            raise kms.exceptions.NotFoundException(
+                {"Error": {"Code": "NotFoundException", "Message": "no alias"}}, "DescribeKey"
+            )
+        return real_describe(**kwargs)
+
+    kms.describe_key = describe_once_missing
+    signer = signer_from_config(load_config(tmp_path, environ={}), aws)
+    assert signer.keyid == first["Arn"]
+    states = {
+        k["KeyId"]: real_describe(KeyId=k["KeyId"])["KeyMetadata"]["KeyState"]
+        for k in kms.list_keys()["Keys"]
+    }
+    assert sorted(states.values()) == ["Enabled", "PendingDeletion"]
