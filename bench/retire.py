@@ -22,20 +22,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from factory import tags
 from factory.aws import AwsClients, AwsTarget
 from factory.config import RetentionPolicy
-from factory.localcloud import control
+from factory.localcloud import ACCESS_KEY_ID, SECRET_ACCESS_KEY, control
 from factory.retire import build_plan
 
 REGION = "us-east-1"
 
 
 def _client(endpoint: str, service: str) -> Any:
-    import boto3
-
-    from factory.localcloud import ACCESS_KEY_ID, SECRET_ACCESS_KEY
-
     return boto3.client(
         service,
         region_name=REGION,
@@ -119,7 +117,7 @@ def run(images: int, families: int, templates: int, repeats: int) -> dict[str, A
             os.environ.update(control.env_vars(status, REGION))
             seeded = seed(status.endpoint_url, images, families, templates)
             policy = RetentionPolicy(keep=3, min_age_days=7, grace_days=7, audit_days=90)
-            runs = []
+            runs: list[dict[str, Any]] = []
             for _ in range(repeats):
                 own = AwsClients(AwsTarget(REGION, endpoint_url=status.endpoint_url))
                 own.account_id  # noqa: B018 - resolve the account outside the timed part

@@ -213,8 +213,9 @@ def _scan_instances(ec2: Any, scan: _Scan) -> None:
 
 
 def _lt_image(data: Mapping[str, Any]) -> str | None:
-    image = data.get("ImageId")
-    return str(image) if image else None
+    image = str(data.get("ImageId") or "")
+    # "resolve:ssm:/name" images are covered by the SSM parameter scan
+    return image if image.startswith("ami-") else None
 
 
 def _scan_launch_templates(ec2: Any, scan: _Scan, max_workers: int) -> None:

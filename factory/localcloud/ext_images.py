@@ -380,7 +380,7 @@ def _image_shape() -> Any:
 
 
 @functools.cache
-def _candidate_keys(cls: type, parent: Any, name: str) -> tuple[str, ...]:
+def _candidate_keys(cls: Any, parent: Any, name: str) -> tuple[str, ...]:
     """The attribute names moto's picker tries, in its order (moto.core.serialize)."""
     member = parent.members[name]
     aliases: list[str] = []
@@ -411,7 +411,7 @@ def _candidate_keys(cls: type, parent: Any, name: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _class_attributes(cls: type) -> frozenset[str] | None:
+def _class_attributes(cls: Any) -> frozenset[str] | None:
     """Names an instance of `cls` has through its class; None if it computes attributes."""
     if any("__getattr__" in vars(c) for c in cls.__mro__ if c is not object):
         return None
@@ -424,7 +424,7 @@ def _pick(obj: Any, parent: Any, name: str) -> Any:
             if key in obj:
                 return obj[key]
         return None
-    cls = type(obj)
+    cls: Any = type(obj)
     known = _class_attributes(cls)
     own = getattr(obj, "__dict__", None)
     for key in _candidate_keys(cls, parent, name):
