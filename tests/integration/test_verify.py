@@ -1,0 +1,366 @@
+"""`factory verify` against the local cloud: real sandboxes, real sshd, real testinfra.
+
+A reference golden image is made once per module the way the base provisioners make one
+(over SSH on an instance of the Debian base AMI, then CreateImage); a broken variant of it
+re-enables password login. Then: the good image passes and is tagged verified; the broken one
+fails naming the test; several verify in parallel; --keep leaves a reachable instance; and
+SIGINT/SIGTERM during a run leave no instance, key pair or security group behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from factory import tags
+from factory.aws import AwsClients, AwsTarget, tags_dict
+from factory.output import Progress
+from factory.verify import Outcome, VerifySettings, verify_images
+
+pytestmark = [pytest.mark.integration, pytest.mark.runtime]
+
+REPO = Path(__file__).resolve().parents[2]
+DEBIAN_OWNER = "136693071363"
+PREFIX = "factory-verify-"
+
+# What the base provisioners do, in one script: security updates, hardening, release file,
+# cleanup of keys, history and caches before capture.
+GOLDEN = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+printf '%s\n' "$RESOLV" > /etc/resolv.conf
+cat > /etc/apt/sources.list <<'EOF'
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends unattended-upgrades chrony >/dev/null
+cat > /etc/apt/apt.conf.d/20auto-upgrades <<'EOF'
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+EOF
+cat > /etc/ssh/sshd_config.d/00-hardening.conf <<'EOF'
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+PermitEmptyPasswords no
+EOF
+printf 'FAMILY=%s\nVERSION=%s\nBUILD_ID=%s\n' "$FAMILY" "$VERSION" "$BUILD_ID" \
+  > /etc/factory-release
+apt-get clean
+rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/* /root/.bash_history /home/*/.bash_history
+: > /etc/resolv.conf
+rm -f /home/*/.ssh/authorized_keys
+"""
+# The deliberately broken family: a provisioner that turns password login back on.
+BROKEN = r"""
+set -eu
+printf 'PasswordAuthentication yes\n' > /etc/ssh/sshd_config.d/00-aaa-debug.conf
+printf 'FAMILY=%s\nVERSION=%s\nBUILD_ID=%s\n' "$FAMILY" "$VERSION" "$BUILD_ID" \
+  > /etc/factory-release
+rm -f /home/*/.ssh/authorized_keys
+"""
+
+
+def _leftovers(clients: AwsClients) -> dict[str, list[str]]:
+    """verify's temporary resources still present (instances not terminated)."""
+    ec2 = clients.client("ec2")
+    instances = [
+        i["InstanceId"]
+        for r in ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": [tags.VERIFY_RUN]}])[
+            "Reservations"
+        ]
+        for i in r["Instances"]
+        if i["State"]["Name"] != "terminated"
+    ]
+    keys = [
+        k["KeyName"]
+        for k in ec2.describe_key_pairs()["KeyPairs"]
+        if k["KeyName"].startswith(PREFIX)
+    ]
+    groups = [
+        g["GroupId"]
+        for g in ec2.describe_security_groups()["SecurityGroups"]
+        if g["GroupName"].startswith(PREFIX)
+    ]
+    return {"instances": instances, "key_pairs": keys, "security_groups": groups}
+
+
+NOTHING_LEFT = {"instances": [], "key_pairs": [], "security_groups": []}
+
+
+def _make_image(clients: AwsClients, source: str, script: str, image_tags: dict[str, str]) -> str:
+    """Launch `source`, run `script` as root over SSH, capture the result as a new AMI."""
+    ec2 = clients.client("ec2")
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    name = f"test-image-{time.time_ns()}"
+    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public)
+    instance_id = ec2.run_instances(
+        ImageId=source, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=name
+    )["Instances"][0]["InstanceId"]
+    try:
+        address = None
+        for _ in range(150):
+            instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+                "Instances"
+            ][0]
+            address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
+            if instance["State"]["Name"] == "running" and address:
+                break
+            time.sleep(0.2)
+        key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        for attempt in range(100):
+            try:
+                client.connect(
+                    address,
+                    username="admin",
+                    pkey=key,
+                    allow_agent=False,
+                    look_for_keys=False,
+                    timeout=5,
+                )
+                break
+            except (OSError, paramiko.SSHException):
+                if attempt == 99:
+                    raise
+                time.sleep(0.2)
+        env = " ".join(
+            f"{k}={shlex.quote(v)}"
+            for k, v in {
+                "RESOLV": Path("/etc/resolv.conf").read_text(),
+                "FAMILY": image_tags.get(tags.FAMILY, ""),
+                "VERSION": image_tags.get(tags.VERSION, ""),
+                "BUILD_ID": image_tags.get(tags.BUILD_ID, ""),
+            }.items()
+        )
+        stdin, stdout, stderr = client.exec_command(f"sudo env {env} bash -s", timeout=600)
+        stdin.write(script)
+        stdin.channel.shutdown_write()
+        out, err = stdout.read().decode(), stderr.read().decode()
+        assert stdout.channel.recv_exit_status() == 0, out[-2000:] + err[-2000:]
+        client.close()
+        ami = ec2.create_image(InstanceId=instance_id, Name=name)["ImageId"]
+        ec2.create_tags(
+            Resources=[ami], Tags=[{"Key": k, "Value": v} for k, v in image_tags.items()]
+        )
+        return str(ami)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        ec2.delete_key_pair(KeyName=name)
+
+
+@pytest.fixture(scope="module")
+def module_clients(local_cloud: object) -> AwsClients:
+    return AwsClients(AwsTarget("us-east-1", endpoint_url=os.environ["AWS_ENDPOINT_URL"]))
+
+
+@pytest.fixture(scope="module")
+def good_ami(module_clients: AwsClients) -> str:
+    ec2 = module_clients.client("ec2")
+    debian = ec2.describe_images(
+        Owners=[DEBIAN_OWNER], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}]
+    )["Images"][0]["ImageId"]
+    return _make_image(
+        module_clients,
+        debian,
+        GOLDEN,
+        {
+            tags.FAMILY: "base",
+            tags.VERSION: "1.0.0",
+            tags.BUILD_ID: "test-good",
+            tags.STATUS: tags.Status.CANDIDATE.value,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def broken_ami(module_clients: AwsClients, good_ami: str) -> str:
+    return _make_image(
+        module_clients,
+        good_ami,
+        BROKEN,
+        {
+            tags.FAMILY: "base",
+            tags.VERSION: "1.0.1",
+            tags.BUILD_ID: "test-broken",
+            tags.STATUS: tags.Status.CANDIDATE.value,
+        },
+    )
+
+
+def _factory(*args: str, tmp_path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "FACTORY_STATE_DIR": str(tmp_path / "state")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "factory.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_good_image_is_verified_and_tagged(
+    module_clients: AwsClients, good_ami: str, tmp_path: Path
+) -> None:
+    [result] = verify_images(
+        module_clients,
+        [good_ami],
+        templates_dir=REPO / "templates",
+        output_dir=tmp_path,
+        progress=Progress(quiet=True),
+    )
+    assert result.outcome is Outcome.VERIFIED, (result.error, result.failing_tests)
+    assert result.total >= 30 and result.passed == result.total and result.failing_tests == ()
+    assert any(name.startswith("base/tests/") for name in result.durations)  # family suite ran
+    # the AMI carries the verdict, bound to the suite and to the recorded result
+    image = module_clients.client("ec2").describe_images(ImageIds=[good_ami])["Images"][0]
+    image_tags = tags_dict(image["Tags"])
+    assert image_tags[tags.STATUS] == "verified"
+    assert image_tags[tags.SUITE_DIGEST] == result.suite_digest
+    assert result.summary_path is not None and result.junit_path is not None
+    summary_bytes = result.summary_path.read_bytes()
+    assert image_tags[tags.RESULT_DIGEST] == "sha256:" + hashlib.sha256(summary_bytes).hexdigest()
+    assert image_tags[tags.VERIFIED_AT] == result.verified_at
+    summary = json.loads(summary_bytes)
+    assert summary["passed"] == result.total and summary["failed"] == 0
+    assert "<testsuite" in result.junit_path.read_text()
+    # and nothing is left behind, not even the private key
+    assert result.cleanup.instances_terminated == (result.instance_id,)
+    assert _leftovers(module_clients) == NOTHING_LEFT
+    assert not list(Path("/tmp").glob("factory-verify-*/id_ed25519"))
+
+
+def test_broken_image_fails_naming_the_test_in_parallel_with_a_good_one(
+    module_clients: AwsClients, good_ami: str, broken_ami: str, tmp_path: Path
+) -> None:
+    proc = _factory(
+        "verify", broken_ami, good_ami, "--parallel", "2", "-O", "json", tmp_path=tmp_path
+    )
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr
+    failing = "_common/tests/test_sshd.py::test_password_login_is_disabled"
+    error = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert error == [f"error: {broken_ami} failed 1 test(s): {failing}"]
+    report = json.loads(stdout)
+    assert report["all_verified"] is False
+    broken, good = report["results"]  # in the order asked
+    assert (broken["ami_id"], broken["outcome"]) == (broken_ami, "failed")
+    assert broken["failing_tests"] == [failing]
+    assert (good["ami_id"], good["outcome"]) == (good_ami, "verified")
+    assert broken["instance_id"] != good["instance_id"]
+    image = module_clients.client("ec2").describe_images(ImageIds=[broken_ami])["Images"][0]
+    assert tags_dict(image["Tags"])[tags.STATUS] == "failed"
+    assert _leftovers(module_clients) == NOTHING_LEFT
+    assert "PRIVATE KEY" not in stdout + stderr
+
+
+def test_keep_leaves_a_reachable_instance(
+    module_clients: AwsClients, good_ami: str, tmp_path: Path
+) -> None:
+    settings = VerifySettings(keep=True)
+    [result] = verify_images(
+        module_clients,
+        [good_ami],
+        templates_dir=REPO / "templates",
+        output_dir=tmp_path,
+        settings=settings,
+        progress=Progress(quiet=True),
+    )
+    kept = result.kept
+    assert kept is not None and result.ok
+    try:
+        assert kept.key_path.stat().st_mode & 0o777 == 0o600
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(kept.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())  # pinned, as printed
+        client.connect(
+            kept.address,
+            username=kept.user,
+            key_filename=str(kept.key_path),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+        _, stdout, _ = client.exec_command("cat /etc/factory-release")
+        assert "FAMILY=base" in stdout.read().decode()
+        client.close()
+        assert _leftovers(module_clients)["instances"] == [kept.instance_id]
+        assert _leftovers(module_clients)["key_pairs"] == []  # the key is on the instance
+    finally:
+        ec2 = module_clients.client("ec2")
+        ec2.terminate_instances(InstanceIds=[kept.instance_id])
+        ec2.delete_security_group(GroupId=kept.security_group_id)
+        subprocess.run(["rm", "-rf", str(kept.key_path.parent)], check=True)
+    assert _leftovers(module_clients) == NOTHING_LEFT
+
+
+@pytest.fixture
+def slow_suite(tmp_path: Path) -> Path:
+    """A suite that is still running when the signal comes."""
+    tests_dir = tmp_path / "slow" / "tests"
+    tests_dir.mkdir(parents=True)
+    (tests_dir / "test_slow.py").write_text(
+        "import time\n\ndef test_slow(host):\n    host.run('true')\n    time.sleep(60)\n"
+    )
+    return tests_dir
+
+
+@pytest.mark.parametrize(
+    ("signum", "after", "code"),
+    [
+        (signal.SIGINT, "running 1 suite files", 130),  # Ctrl-C while pytest runs
+        (signal.SIGTERM, "launched", 143),  # SIGTERM while the instance boots
+    ],
+)
+def test_signal_during_verify_leaves_nothing_behind(
+    module_clients: AwsClients,
+    good_ami: str,
+    slow_suite: Path,
+    tmp_path: Path,
+    signum: int,
+    after: str,
+    code: int,
+) -> None:
+    ec2 = module_clients.client("ec2")
+    before = tags_dict(ec2.describe_images(ImageIds=[good_ami])["Images"][0]["Tags"])
+    proc = _factory("verify", good_ami, "--suite", str(slow_suite), tmp_path=tmp_path)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if after in line:
+            proc.send_signal(signum)
+            break
+    else:
+        pytest.fail("".join(seen))
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == code, "".join(seen) + rest
+    assert "interrupted by" in rest and "Traceback" not in rest
+    assert _leftovers(module_clients) == NOTHING_LEFT
+    after = tags_dict(ec2.describe_images(ImageIds=[good_ami])["Images"][0]["Tags"])
+    assert after == before  # an interrupted run is no verdict
