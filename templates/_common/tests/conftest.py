@@ -63,6 +63,59 @@ def root(host: Any) -> RootShell:
     return RootShell(host)
 
 
+@dataclass(frozen=True)
+class Scan:
+    """One walk of the root file system (`find / -xdev`) for every check that needs one."""
+
+    setid: tuple[str, ...]  # set-uid or set-gid regular files
+    world_writable: tuple[tuple[str, str, str], ...]  # (type f/d/..., octal mode, path)
+    authorized_keys: tuple[str, ...]
+    unowned: tuple[str, ...]
+
+    @staticmethod
+    def command(uids: set[int], gids: set[int]) -> str:
+        # numeric owner tests: -nouser/-nogroup look every file's owner up (~6x slower)
+        known_uid = " -o ".join(f"-uid {u}" for u in sorted(uids))
+        known_gid = " -o ".join(f"-gid {g}" for g in sorted(gids))
+        return (
+            "find / -xdev"
+            " \\( -type f \\( -perm -4000 -o -perm -2000 \\) -printf 'setid %p\\n' \\)"
+            " , \\( -perm -0002 ! -type l -printf 'ww %y %m %p\\n' \\)"
+            " , \\( -type f \\( -name authorized_keys -o -name authorized_keys2 \\)"
+            " -printf 'authorized_keys %p\\n' \\)"
+            f" , \\( \\( ! \\( {known_uid} \\) -o ! \\( {known_gid} \\) \\)"
+            " -printf 'unowned %p\\n' \\)"
+        )
+
+    @classmethod
+    def run(cls, root: RootShell, uids: set[int], gids: set[int]) -> Scan:
+        found: dict[str, list[Any]] = {"setid": [], "ww": [], "authorized_keys": [],
+                                       "unowned": []}
+        for line in root.lines(cls.command(uids, gids)):
+            kind, _, rest = line.partition(" ")
+            if kind == "ww":
+                kind_of, mode, path = rest.split(" ", 2)
+                found["ww"].append((kind_of, mode, path))
+            else:
+                found[kind].append(rest)
+        return cls(tuple(found["setid"]), tuple(found["ww"]), tuple(found["authorized_keys"]),
+                   tuple(found["unowned"]))
+
+
+_scans: dict[str, Scan] = {}
+
+
+@pytest.fixture(scope="module")
+def scan(host: Any, root: RootShell, accounts: list[Account]) -> Scan:
+    """The file system scan, made once per instance (test modules share it)."""
+    key = host.backend.get_pytest_id()
+    if key not in _scans:
+        group = host.file("/etc/group").content_string.splitlines()
+        gids = {int(f[2]) for f in (line.split(":") for line in group) if len(f) >= 3}
+        _scans[key] = Scan.run(root, {a.uid for a in accounts}, gids)
+    return _scans[key]
+
+
 @pytest.fixture(scope="module")
 def accounts(host: Any) -> list[Account]:
     found = []

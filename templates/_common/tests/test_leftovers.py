@@ -22,13 +22,11 @@ SECRET_DIRS = ("/etc", "/root", "/home", "/opt", "/srv", "/usr/local", "/var/tmp
 KEY_LINE = re.compile(r"(?:^|\s)((?:ssh|ecdsa|sk)-[\w@.-]+)\s+(AAAA[A-Za-z0-9+/]+=*)")
 
 
-def test_authorized_keys_hold_only_the_verifiers_key(root: Any, image: Any) -> None:
+def test_authorized_keys_hold_only_the_verifiers_key(root: Any, scan: Any, image: Any) -> None:
     """The launch key pair (here: the verifier's) is the only way in; none baked in."""
     verifier = KEY_LINE.search(image.verifier_public_key)
     assert verifier, "the verifier's public key is unknown"
-    files = root.lines(
-        "find / -xdev \\( -name authorized_keys -o -name authorized_keys2 \\) -type f"
-    )
+    files = scan.authorized_keys
     assert files, "the launch key pair was not installed"
     strangers = []
     for path in files:
