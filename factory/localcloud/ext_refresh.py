@@ -297,7 +297,17 @@ def _matches(state: Any, spec: LaunchSpec, ec2: Any) -> bool:
     return bool(state.instance.image_id == image)
 
 
-_launch_lock = threading.RLock()
+_locks_guard = threading.Lock()
+
+
+def _group_lock(group: Any) -> threading.RLock:
+    """One lock per group: launches swap the group's launch template for a moment."""
+    with _locks_guard:
+        lock = getattr(group, "_factory_refresh_lock", None)
+        if lock is None:
+            lock = threading.RLock()
+            group._factory_refresh_lock = lock
+        return lock  # type: ignore[no-any-return]
 
 
 def _launch(group: Any, spec: LaunchSpec, count: int) -> list[str]:
@@ -305,7 +315,7 @@ def _launch(group: Any, spec: LaunchSpec, count: int) -> list[str]:
     if count <= 0:
         return []
     _, ec2 = _backends(group.account_id, group.region)
-    with _launch_lock:
+    with _group_lock(group):
         saved = (
             group.ec2_launch_template,
             getattr(group, "launch_template_version", None),
@@ -332,14 +342,14 @@ def _terminate(group: Any, instance_ids: Sequence[str]) -> None:
         return
     _, ec2 = _backends(group.account_id, group.region)
     wanted = set(instance_ids)
-    with _launch_lock:
+    with _group_lock(group):
         group.instance_states = [s for s in group.instance_states if s.instance.id not in wanted]
     ec2.terminate_instances(list(wanted))
 
 
 def _set_group_spec(group: Any, spec: LaunchSpec) -> None:
     _, ec2 = _backends(group.account_id, group.region)
-    with _launch_lock:
+    with _group_lock(group):
         group.ec2_launch_template = ec2.launch_templates[spec.template_id]
         group.launch_template_version = spec.version
         group.provided_launch_template_version = spec.version

@@ -1,0 +1,697 @@
+"""The local cloud's instance refresh: the batch arithmetic (pure) and the engine against moto
+in-process, with requests serialised and responses parsed by botocore (the query protocol as
+boto3 speaks it) and instance health from a fake runtime."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.parsers
+import botocore.serialize
+import botocore.session
+import pytest
+from moto import mock_aws
+
+from factory.localcloud import ext_refresh as X
+from factory.localcloud.app import ActionRequest, ExtensionError
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+MODEL = botocore.session.get_session().get_service_model("autoscaling")
+
+
+# =============================================================================================
+# pure batch logic
+
+
+@pytest.mark.parametrize(
+    ("capacity", "percent", "expected"),
+    [(4, 50, 2), (4, 90, 4), (10, 90, 9), (3, 50, 2), (8, 0, 0), (8, 100, 8), (0, 90, 0)],
+)
+def test_min_healthy_rounds_up(capacity: int, percent: int, expected: int) -> None:
+    assert X.min_healthy_count(capacity, percent) == expected
+
+
+@pytest.mark.parametrize(
+    ("capacity", "minimum", "maximum", "expected"),
+    [
+        (4, 50, 100, 2),  # terminate 2, launch 2
+        (8, 50, 100, 4),
+        (4, 100, 100, 1),  # AWS: 100% replaces one at a time
+        (4, 0, 100, 4),  # 0%: all at once
+        (4, 100, 150, 2),  # launch 2 before terminating
+        (10, 90, 100, 1),
+        (10, 90, 110, 2),
+        (3, 50, 100, 1),
+    ],
+)
+def test_batch_size(capacity: int, minimum: int, maximum: int, expected: int) -> None:
+    assert X.batch_size(capacity, minimum, maximum) == expected
+
+
+def test_plan_batch_terminate_first_keeps_the_minimum() -> None:
+    step = X.plan_batch(
+        remaining=4,
+        capacity=4,
+        current_total=4,
+        healthy=4,
+        min_percent=50,
+        max_percent=100,
+        cap=4,
+    )
+    assert step == X.BatchStep(terminate_now=2, launch=2, terminate_later=0)
+
+
+def test_plan_batch_launch_before_terminate_within_the_maximum() -> None:
+    step = X.plan_batch(
+        remaining=4,
+        capacity=4,
+        current_total=4,
+        healthy=4,
+        min_percent=100,
+        max_percent=150,
+        cap=4,
+    )
+    assert step == X.BatchStep(terminate_now=0, launch=2, terminate_later=2)
+
+
+def test_plan_batch_mixes_both_with_room_and_slack() -> None:
+    step = X.plan_batch(
+        remaining=8,
+        capacity=8,
+        current_total=8,
+        healthy=8,
+        min_percent=50,
+        max_percent=150,
+        cap=8,
+    )
+    # 8 may go up to 12 and down to 4: batch of 8 = 4 launched on top + 4 terminated first
+    assert step == X.BatchStep(terminate_now=4, launch=8, terminate_later=4)
+
+
+def test_plan_batch_replaces_unhealthy_first_without_spending_slack() -> None:
+    step = X.plan_batch(
+        remaining=4,
+        capacity=4,
+        current_total=4,
+        healthy=2,
+        min_percent=50,
+        max_percent=100,
+        cap=4,
+        unhealthy=2,
+    )
+    assert step == X.BatchStep(terminate_now=2, launch=2, terminate_later=0)
+
+
+def test_plan_batch_one_at_a_time_when_nothing_may_drop() -> None:
+    step = X.plan_batch(
+        remaining=3,
+        capacity=4,
+        current_total=4,
+        healthy=4,
+        min_percent=100,
+        max_percent=100,
+        cap=3,
+    )
+    assert step == X.BatchStep(terminate_now=1, launch=1, terminate_later=0)
+
+
+def test_plan_batch_stops_at_checkpoint() -> None:
+    step = X.plan_batch(
+        remaining=10,
+        capacity=10,
+        current_total=10,
+        healthy=10,
+        min_percent=0,
+        max_percent=100,
+        cap=2,
+    )
+    assert step.launch == 2
+
+
+@pytest.mark.parametrize(
+    ("total", "checkpoints", "done", "cap", "reached"),
+    [
+        (10, (20, 50, 100), 0, 2, None),
+        (10, (20, 50, 100), 2, 5, 20),
+        (10, (20, 50, 100), 5, 10, 50),
+        (4, (20,), 0, 1, None),  # 20% of 4 rounds up to one instance
+        (4, (), 0, 4, None),
+        (10, (20, 50, 100), 10, 10, None),  # 100% is the end, not a pause
+    ],
+)
+def test_checkpoints(
+    total: int, checkpoints: tuple[int, ...], done: int, cap: int, reached: int | None
+) -> None:
+    assert X.checkpoint_cap(total, checkpoints, done) == cap
+    assert X.reached_checkpoint(total, checkpoints, done) == reached
+
+
+def test_percentage_complete() -> None:
+    assert X.percentage_complete(1, 3) == 33
+    assert X.percentage_complete(0, 0) == 100
+
+
+# =============================================================================================
+# the engine in moto
+
+
+@dataclass
+class FakeHealth:
+    """Instance health by image: bad images come up impaired (their user data failed)."""
+
+    ec2: Any
+    bad_images: set[str] = field(default_factory=set)
+    slow_images: set[str] = field(default_factory=set)  # stay "pending" forever
+
+    def __call__(self, instance_id: str) -> str:
+        instance = self.ec2.get_instance(instance_id)
+        if instance.image_id in self.bad_images:
+            return "impaired"
+        if instance.image_id in self.slow_images:
+            return "pending"
+        return "ok"
+
+
+def _call(action: str, params: dict[str, Any], handler: Callable[[ActionRequest], Any]) -> Any:
+    """Serialise `params` as boto3 would, run the handler, parse its XML as boto3 would."""
+    operation = MODEL.operation_model(action)
+    request = botocore.serialize.create_serializer("query").serialize_to_request(params, operation)
+    body = request["body"]
+    form = body if isinstance(body, dict) else dict(urllib.parse.parse_qsl(body))
+    response = handler(ActionRequest("autoscaling", action, REGION, ACCOUNT, form, "query"))
+    parsed = botocore.parsers.create_parser("query").parse(
+        {"body": response.body.encode(), "headers": {}, "status_code": 200},
+        operation.output_shape,
+    )
+    parsed.pop("ResponseMetadata", None)
+    return parsed
+
+
+@dataclass
+class Cloud:
+    ec2: Any
+    asg: Any
+    ssm: Any
+    amis: list[str]
+    template_id: str
+    health: FakeHealth
+    events: list[tuple[str, int, int]]  # (what, count, in-service healthy count after)
+    prefix: str  # the backends live for the module: each test names its own groups
+
+    def name(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def group(self, name: str = "g") -> Any:
+        return self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name(name)])[
+            "AutoScalingGroups"
+        ][0]
+
+    def instances_by_image(self, name: str = "g") -> dict[str, int]:
+        ids = [i["InstanceId"] for i in self.group(name)["Instances"]]
+        out: dict[str, int] = {}
+        for reservation in self.ec2.describe_instances(InstanceIds=ids)["Reservations"]:
+            for instance in reservation["Instances"]:
+                out[instance["ImageId"]] = out.get(instance["ImageId"], 0) + 1
+        return out
+
+    def start(self, name: str = "g", version: str = "2", **prefs: Any) -> str:
+        params: dict[str, Any] = {
+            "AutoScalingGroupName": self.name(name),
+            "DesiredConfiguration": {
+                "LaunchTemplate": {"LaunchTemplateId": self.template_id, "Version": version}
+            },
+            "Preferences": {"InstanceWarmup": 0, **prefs},
+        }
+        return str(
+            _call("StartInstanceRefresh", params, X.start_instance_refresh)["InstanceRefreshId"]
+        )
+
+    def call(self, action: str, handler: Any, name: str = "g", **params: Any) -> Any:
+        return _call(action, {"AutoScalingGroupName": self.name(name), **params}, handler)
+
+    def describe(self, name: str = "g") -> dict[str, Any]:
+        refreshes = self.call("DescribeInstanceRefreshes", X.describe_instance_refreshes, name)[
+            "InstanceRefreshes"
+        ]
+        return dict(refreshes[0])
+
+    def wait(self, name: str = "g", timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            refresh = self.describe(name)
+            if refresh["Status"] in X.TERMINAL:
+                return refresh
+            time.sleep(0.02)
+        raise AssertionError(f"refresh still {self.describe(name)['Status']}")
+
+
+@dataclass(frozen=True)
+class Aws:
+    ec2: Any
+    asg: Any
+    ssm: Any
+    amis: list[str]
+    backend: Any
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Aws]:
+    """moto for the whole module (creating its EC2 backend costs seconds), without its
+    default AMIs: three images of our own."""
+    saved = os.environ.get("MOTO_EC2_LOAD_DEFAULT_AMIS")
+    os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    try:
+        with mock_aws():
+            X.patch_moto()
+            from moto.ec2.models import ec2_backends
+
+            ec2 = boto3.client("ec2", REGION)
+            amis = [
+                ec2.register_image(
+                    Name=f"web-{i}", RootDeviceName="/dev/xvda", Architecture="x86_64"
+                )["ImageId"]
+                for i in range(3)
+            ]
+            yield Aws(
+                ec2,
+                boto3.client("autoscaling", REGION),
+                boto3.client("ssm", REGION),
+                amis,
+                ec2_backends[ACCOUNT][REGION],
+            )
+    finally:
+        if saved is None:
+            os.environ.pop("MOTO_EC2_LOAD_DEFAULT_AMIS", None)
+        else:
+            os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = saved
+
+
+@pytest.fixture
+def cloud(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    monkeypatch.setattr(X, "TICK", 0.01)
+    prefix = f"t{uuid.uuid4().hex[:6]}-"
+    ec2, amis = aws.ec2, aws.amis
+    template = ec2.create_launch_template(
+        LaunchTemplateName=f"{prefix}web",
+        LaunchTemplateData={
+            "ImageId": amis[0],
+            "InstanceType": "t3.micro",
+            "UserData": "ZWNobyBvaw==",
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    for ami in amis[1:]:
+        ec2.create_launch_template_version(
+            LaunchTemplateId=template, SourceVersion="1", LaunchTemplateData={"ImageId": ami}
+        )
+    health = FakeHealth(aws.backend)
+    monkeypatch.setattr(X, "REGISTRY", X.RefreshRegistry(health=health))
+    events: list[tuple[str, int, int]] = []
+    state = Cloud(ec2, aws.asg, aws.ssm, amis, template, health, events, prefix)
+
+    def _healthy(group: Any) -> int:
+        return sum(
+            1
+            for s in group.instance_states
+            if s.lifecycle_state == "InService" and health(s.instance.id) == "ok"
+        )
+
+    real_launch, real_terminate = X._launch, X._terminate
+
+    def launch(group: Any, spec: X.LaunchSpec, count: int) -> list[str]:
+        ids = real_launch(group, spec, count)
+        events.append(("launch", count, _healthy(group)))
+        return ids
+
+    def terminate(group: Any, ids: Any) -> None:
+        real_terminate(group, ids)
+        if ids:
+            events.append(("terminate", len(ids), _healthy(group)))
+
+    monkeypatch.setattr(X, "_launch", launch)
+    monkeypatch.setattr(X, "_terminate", terminate)
+    yield state
+    for refresh in [r for rs in X.REGISTRY.refreshes.values() for r in rs]:
+        with refresh.lock:
+            refresh.cancel_requested = True  # stop engines a failed test left running
+
+
+def _group(cloud: Cloud, name: str = "g", capacity: int = 4, version: str = "1") -> None:
+    cloud.asg.create_auto_scaling_group(
+        AutoScalingGroupName=cloud.name(name),
+        MinSize=0,
+        MaxSize=capacity * 2,
+        DesiredCapacity=capacity,
+        AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateId": cloud.template_id, "Version": version},
+    )
+
+
+def test_refresh_replaces_in_batches_keeping_min_healthy(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.start(MinHealthyPercentage=50, AutoRollback=True)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "Successful"
+    assert refresh["PercentageComplete"] == 100 and refresh["InstancesToUpdate"] == 0
+    assert cloud.instances_by_image() == {cloud.amis[1]: 4}
+    assert cloud.events == [
+        ("terminate", 2, 2),
+        ("launch", 2, 4),
+        ("terminate", 2, 2),
+        ("launch", 2, 4),
+    ]
+    group = cloud.group()
+    assert group["LaunchTemplate"]["Version"] == "2"  # the desired configuration, on success
+    assert {i["LaunchTemplate"]["Version"] for i in group["Instances"]} == {"2"}
+    assert refresh["Preferences"]["MinHealthyPercentage"] == 50
+    assert refresh["DesiredConfiguration"]["LaunchTemplate"]["Version"] == "2"
+
+
+def test_launch_before_terminate_stays_within_max(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.start(MinHealthyPercentage=100, MaxHealthyPercentage=150)
+    assert cloud.wait()["Status"] == "Successful"
+    assert cloud.instances_by_image() == {cloud.amis[1]: 4}
+    assert cloud.events == [
+        ("launch", 2, 6),
+        ("terminate", 2, 4),
+        ("launch", 2, 6),
+        ("terminate", 2, 4),
+    ]
+    assert min(healthy for _what, _n, healthy in cloud.events) >= 4
+
+
+def test_warmup_delays_the_next_batch(cloud: Cloud) -> None:
+    _group(cloud, capacity=2)
+    started = time.monotonic()
+    cloud.start(MinHealthyPercentage=50, InstanceWarmup=0)
+    cloud.wait()
+    fast = time.monotonic() - started
+    cloud.start(version="3", MinHealthyPercentage=50, InstanceWarmup=1)
+    started = time.monotonic()
+    assert cloud.wait()["Status"] == "Successful"
+    assert time.monotonic() - started >= 2.0 > fast  # two batches, each warming up 1 s
+
+
+def test_checkpoint_pauses_with_reason(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.start(MinHealthyPercentage=50, CheckpointPercentages=[50, 100], CheckpointDelay=1)
+    deadline = time.monotonic() + 5
+    seen = None
+    while time.monotonic() < deadline:
+        refresh = cloud.describe()
+        if "checkpoint" in refresh.get("StatusReason", ""):
+            seen = refresh
+            break
+        time.sleep(0.01)
+    assert seen is not None and seen["PercentageComplete"] == 50
+    assert seen["Status"] == "InProgress"
+    assert cloud.wait()["Status"] == "Successful"
+
+
+def test_skip_matching_leaves_instances_on_the_desired_version(cloud: Cloud) -> None:
+    _group(cloud, capacity=2, version="2")
+    cloud.asg.update_auto_scaling_group(
+        AutoScalingGroupName=cloud.name("g"),
+        DesiredCapacity=4,
+        LaunchTemplate={"LaunchTemplateId": cloud.template_id, "Version": "1"},
+    )
+    assert cloud.instances_by_image() == {cloud.amis[1]: 2, cloud.amis[0]: 2}
+    cloud.events.clear()
+    cloud.start(MinHealthyPercentage=50, SkipMatching=True)
+    assert cloud.wait()["Status"] == "Successful"
+    assert cloud.instances_by_image() == {cloud.amis[1]: 4}
+    assert sum(n for what, n, _ in cloud.events if what == "launch") == 2
+
+
+def test_impaired_replacement_rolls_back_automatically(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.health.bad_images.add(cloud.amis[2])
+    cloud.start(version="3", MinHealthyPercentage=50, AutoRollback=True)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "RollbackSuccessful"
+    assert "impaired" in refresh["RollbackDetails"]["RollbackReason"]
+    assert refresh["RollbackDetails"]["PercentageCompleteOnRollback"] == 100
+    assert cloud.instances_by_image() == {cloud.amis[0]: 4}
+    assert cloud.group()["LaunchTemplate"]["Version"] == "1"
+    # never fewer than 2 healthy: the impaired ones were replaced first, the rest kept
+    assert min(healthy for _what, _n, healthy in cloud.events) >= 2
+
+
+def test_impaired_replacement_without_rollback_fails(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.health.bad_images.add(cloud.amis[2])
+    cloud.start(version="3", MinHealthyPercentage=50)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "Failed"
+    assert "impaired" in refresh["StatusReason"]
+    assert "RollbackDetails" not in refresh
+    assert cloud.group()["LaunchTemplate"]["Version"] == "1"  # the group is not updated
+
+
+def test_replacement_never_healthy_times_out(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(X, "HEALTH_TIMEOUT", 0.3)
+    _group(cloud, capacity=2)
+    cloud.health.slow_images.add(cloud.amis[1])
+    cloud.start(MinHealthyPercentage=50, AutoRollback=True)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "RollbackSuccessful"
+    assert "did not become healthy" in refresh["RollbackDetails"]["RollbackReason"]
+    assert cloud.instances_by_image() == {cloud.amis[0]: 2}
+
+
+def test_alarm_fails_and_rolls_back(cloud: Cloud) -> None:
+    cw = boto3.client("cloudwatch", REGION)
+    alarm = cloud.name("errors")
+    cw.put_metric_alarm(
+        AlarmName=alarm,
+        MetricName="5xx",
+        Namespace="web",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    cw.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="test")
+    _group(cloud)
+    cloud.start(MinHealthyPercentage=50, AutoRollback=True, AlarmSpecification={"Alarms": [alarm]})
+    refresh = cloud.wait()
+    assert refresh["Status"] == "RollbackSuccessful"
+    assert alarm in refresh["RollbackDetails"]["RollbackReason"]
+    assert cloud.instances_by_image() == {cloud.amis[0]: 4}
+
+
+def test_cancel(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.start(MinHealthyPercentage=50, InstanceWarmup=2)
+    time.sleep(0.2)
+    cancelled = cloud.call("CancelInstanceRefresh", X.cancel_instance_refresh)
+    refresh = cloud.wait()
+    assert refresh["InstanceRefreshId"] == cancelled["InstanceRefreshId"]
+    assert refresh["Status"] == "Cancelled"
+    assert sum(cloud.instances_by_image().values()) == 4  # capacity kept; nothing rolled back
+    with pytest.raises(ExtensionError) as error:
+        cloud.call("CancelInstanceRefresh", X.cancel_instance_refresh)
+    assert error.value.code == "ActiveInstanceRefreshNotFound"
+
+
+def test_rollback_api_restores_previous_configuration(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.start(MinHealthyPercentage=50, InstanceWarmup=1)
+    time.sleep(0.2)
+    cloud.call("RollbackInstanceRefresh", X.rollback_instance_refresh)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "RollbackSuccessful"
+    assert refresh["RollbackDetails"]["RollbackReason"] == "Rollback initiated by user."
+    assert cloud.instances_by_image() == {cloud.amis[0]: 4}
+
+
+def test_rollback_refused_for_latest(cloud: Cloud) -> None:
+    _group(cloud, version="$Latest")
+    with pytest.raises(ExtensionError, match=r"\$Latest") as error:
+        cloud.start(AutoRollback=True)
+    assert error.value.code == "ValidationError"
+    cloud.start(version="3", InstanceWarmup=1)
+    time.sleep(0.1)
+    with pytest.raises(ExtensionError) as error:
+        cloud.call("RollbackInstanceRefresh", X.rollback_instance_refresh)
+    assert error.value.code == "IrreversibleInstanceRefresh"
+
+
+def test_one_refresh_at_a_time(cloud: Cloud) -> None:
+    _group(cloud)
+    cloud.start(InstanceWarmup=2)
+    with pytest.raises(ExtensionError) as error:
+        cloud.start()
+    assert error.value.code == "InstanceRefreshInProgress"
+
+
+@pytest.mark.parametrize(
+    ("prefs", "message"),
+    [
+        ({"MinHealthyPercentage": 40, "MaxHealthyPercentage": 150}, "difference"),
+        ({"StandbyInstances": "Sometimes"}, "Terminate|Ignore|Wait"),
+        ({"CheckpointPercentages": [50, 20]}, "ascending"),
+        ({"CheckpointDelay": 10}, "requires CheckpointPercentages"),
+    ],
+)
+def test_invalid_preferences(cloud: Cloud, prefs: dict[str, Any], message: str) -> None:
+    _group(cloud)
+    with pytest.raises(ExtensionError, match=message):
+        cloud.start(**prefs)
+
+
+@pytest.mark.parametrize(
+    ("mode", "protected_replaced"),
+    [("Refresh", True), ("Ignore", False)],
+)
+def test_scale_in_protected(cloud: Cloud, mode: str, protected_replaced: bool) -> None:
+    _group(cloud)
+    first = cloud.group()["Instances"][0]["InstanceId"]
+    cloud.asg.set_instance_protection(
+        AutoScalingGroupName=cloud.name("g"), InstanceIds=[first], ProtectedFromScaleIn=True
+    )
+    cloud.start(MinHealthyPercentage=50, ScaleInProtectedInstances=mode)
+    assert cloud.wait()["Status"] == "Successful"
+    ids = {i["InstanceId"] for i in cloud.group()["Instances"]}
+    assert (first not in ids) is protected_replaced
+    expected = {cloud.amis[1]: 4} if protected_replaced else {cloud.amis[1]: 3, cloud.amis[0]: 1}
+    assert cloud.instances_by_image() == expected
+
+
+def test_scale_in_protected_wait(cloud: Cloud) -> None:
+    _group(cloud)
+    first = cloud.group()["Instances"][0]["InstanceId"]
+    cloud.asg.set_instance_protection(
+        AutoScalingGroupName=cloud.name("g"), InstanceIds=[first], ProtectedFromScaleIn=True
+    )
+    cloud.start(MinHealthyPercentage=50)  # Wait is the default
+    deadline = time.monotonic() + 5
+    while "protected" not in cloud.describe().get("StatusReason", ""):
+        assert time.monotonic() < deadline, cloud.describe()
+        time.sleep(0.01)
+    assert cloud.describe()["Status"] == "InProgress"
+    cloud.asg.set_instance_protection(
+        AutoScalingGroupName=cloud.name("g"), InstanceIds=[first], ProtectedFromScaleIn=False
+    )
+    assert cloud.wait()["Status"] == "Successful"
+    assert cloud.instances_by_image() == {cloud.amis[1]: 4}
+
+
+def test_scale_in_protected_wait_times_out(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(X, "WAIT_TIMEOUT", 0.3)
+    _group(cloud, capacity=2)
+    first = cloud.group()["Instances"][0]["InstanceId"]
+    cloud.asg.set_instance_protection(
+        AutoScalingGroupName=cloud.name("g"), InstanceIds=[first], ProtectedFromScaleIn=True
+    )
+    cloud.start(MinHealthyPercentage=50)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "Failed" and "protection" in refresh["StatusReason"]
+
+
+@pytest.mark.parametrize(("mode", "standby_kept"), [("Terminate", False), ("Ignore", True)])
+def test_standby_instances(cloud: Cloud, mode: str, standby_kept: bool) -> None:
+    _group(cloud)
+    first = cloud.group()["Instances"][0]["InstanceId"]
+    cloud.asg.enter_standby(
+        AutoScalingGroupName=cloud.name("g"),
+        InstanceIds=[first],
+        ShouldDecrementDesiredCapacity=True,
+    )
+    cloud.start(MinHealthyPercentage=50, StandbyInstances=mode)
+    assert cloud.wait()["Status"] == "Successful"
+    ids = {i["InstanceId"] for i in cloud.group()["Instances"]}
+    assert (first in ids) is standby_kept
+    in_service = [i for i in cloud.group()["Instances"] if i["LifecycleState"] == "InService"]
+    assert len(in_service) == 3
+    assert all(i["LaunchTemplate"]["Version"] == "2" for i in in_service)
+
+
+# =============================================================================================
+# moto patches
+
+
+def test_resolve_ssm_image_at_launch(cloud: Cloud) -> None:
+    cloud.ssm.put_parameter(
+        Name="/factory/web/prod",
+        Value=cloud.amis[2],
+        Type="String",
+        DataType="aws:ec2:image",
+        Overwrite=True,
+    )
+    template = cloud.ec2.create_launch_template(
+        LaunchTemplateName=cloud.name("ssm"),
+        LaunchTemplateData={"ImageId": "resolve:ssm:/factory/web/prod", "InstanceType": "t3.micro"},
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    cloud.asg.create_auto_scaling_group(
+        AutoScalingGroupName=cloud.name("s"),
+        MinSize=0,
+        MaxSize=2,
+        DesiredCapacity=2,
+        AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateId": template, "Version": "1"},
+    )
+    assert cloud.instances_by_image("s") == {cloud.amis[2]: 2}
+    direct = cloud.ec2.run_instances(
+        MinCount=1, MaxCount=1, LaunchTemplate={"LaunchTemplateId": template}
+    )["Instances"][0]
+    assert direct["ImageId"] == cloud.amis[2]
+    stored = cloud.ec2.describe_launch_template_versions(LaunchTemplateId=template)[
+        "LaunchTemplateVersions"
+    ][0]["LaunchTemplateData"]["ImageId"]
+    assert stored == "resolve:ssm:/factory/web/prod"  # resolved at launch, stored as written
+
+
+def test_source_version_inherits_settings(cloud: Cloud) -> None:
+    version = cloud.ec2.describe_launch_template_versions(
+        LaunchTemplateId=cloud.template_id, Versions=["2"]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert version == {
+        "ImageId": cloud.amis[1],
+        "InstanceType": "t3.micro",
+        "UserData": "ZWNobyBvaw==",
+    }
+
+
+def test_describe_pages_newest_first(cloud: Cloud) -> None:
+    _group(cloud, capacity=1)
+    first = cloud.start()
+    cloud.wait()
+    second = cloud.start(version="3")
+    cloud.wait()
+    everything = cloud.call("DescribeInstanceRefreshes", X.describe_instance_refreshes)[
+        "InstanceRefreshes"
+    ]
+    assert [r["InstanceRefreshId"] for r in everything] == [second, first]
+    page = cloud.call("DescribeInstanceRefreshes", X.describe_instance_refreshes, MaxRecords=1)
+    assert [r["InstanceRefreshId"] for r in page["InstanceRefreshes"]] == [second]
+    assert page["NextToken"]
+    only = cloud.call(
+        "DescribeInstanceRefreshes", X.describe_instance_refreshes, InstanceRefreshIds=[first]
+    )["InstanceRefreshes"]
+    assert [r["InstanceRefreshId"] for r in only] == [first]
+
+
+def test_concurrent_groups_do_not_interfere(cloud: Cloud) -> None:
+    _group(cloud, name="a")
+    _group(cloud, name="b")
+    threads = [
+        threading.Thread(target=cloud.start, kwargs={"name": n, "MinHealthyPercentage": 50})
+        for n in ("a", "b")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cloud.wait("a")["Status"] == cloud.wait("b")["Status"] == "Successful"
+    assert cloud.instances_by_image("a") == cloud.instances_by_image("b") == {cloud.amis[1]: 4}
