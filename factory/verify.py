@@ -170,10 +170,19 @@ def describe_images(clients: AwsClients, ami_ids: Sequence[str]) -> tuple[ImageF
     return tuple(found[ami] for ami in wanted)
 
 
+FAMILY_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
 def suite_dirs_for(templates_dir: Path, family: str | None) -> tuple[Path, ...]:
     """The default suite: what every golden image must pass, then the family's own tests."""
     dirs = [templates_dir / COMMON_SUITE / "tests"]
     if family:
+        # the family comes from a tag anyone who can tag the AMI may set: never a path
+        if not FAMILY_NAME.fullmatch(family) or ".." in family:
+            raise RefusedError(
+                f"family tag {family!r} is not a family name; fix the AMI's {tags.FAMILY} "
+                "tag or pass --suite"
+            )
         family_tests = templates_dir / family / "tests"
         if family_tests.is_dir():
             dirs.append(family_tests)

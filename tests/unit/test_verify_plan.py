@@ -60,6 +60,12 @@ def test_default_suite_is_common_then_family(tmp_path: Path) -> None:
     assert suite_dirs_for(tmp_path, None) == (common,)
 
 
+@pytest.mark.parametrize("family", ["../../etc", "/abs", "a/b", "..", "Base Image"])
+def test_a_family_tag_is_never_a_path(tmp_path: Path, family: str) -> None:
+    with pytest.raises(RefusedError, match="not a family name"):
+        suite_dirs_for(tmp_path, family)
+
+
 def test_suite_digest_names_exactly_what_runs(tmp_path: Path) -> None:
     common = _family(tmp_path, "_common", {"test_a.py": "A = 1\n", "conftest.py": "X = 1\n"})
     suite = load_suite([common])
