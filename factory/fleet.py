@@ -31,6 +31,7 @@ from factory.aws import AwsClients, call
 from factory.errors import ConfigError, ExitCode, FactoryError
 from factory.output import Progress
 from factory.rollout import (
+    SSM_PREFIX,
     GroupFacts,
     ImageFacts,
     InterruptChoice,
@@ -38,7 +39,6 @@ from factory.rollout import (
     RefreshSettings,
     RolloutFailed,
     RolloutResult,
-    SSM_PREFIX,
     apply_rollout,
     cancel_refresh,
     channel_ami,

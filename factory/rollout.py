@@ -25,6 +25,7 @@ from typing import Any
 
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, call, tags_dict
+from factory.channels import parameter_name
 from factory.errors import AwsError, ConfigError, ExitCode, FactoryError, RefusedError
 from factory.output import Progress
 
@@ -226,8 +227,6 @@ def resolve_ssm_image(clients: AwsClients, image_id: str) -> str:
 
 def channel_ami(clients: AwsClients, family: str, channel: str) -> str:
     """The AMI a channel (SSM parameter /factory/FAMILY/CHANNEL) names."""
-    from factory.channels import parameter_name
-
     name = parameter_name(family, channel)
     try:
         with aws_errors(f"ssm:GetParameter {name}"):
@@ -390,6 +389,7 @@ def plan_rollout(
             f"{current_image}: AWS cannot roll back from it, so auto rollback is off"
         )
         settings = replace(settings, auto_rollback=False)
+    target_number: int | None
     if target_version is not None:
         target_number = target_version
         new_version = False
@@ -732,7 +732,9 @@ def apply_rollout(
     )
     result = finish(clients, base, final)
     if result.status == "Successful" and verify_live is not None:
-        result = _verify_live(clients, result, verify_live, progress, on_interrupt, poller)
+        result = _verify_live(
+            clients, result, verify_live, progress, on_interrupt=on_interrupt, poller=poller
+        )
     result = replace(
         result,
         api_calls=clients.counter.total - calls_before,
@@ -760,7 +762,8 @@ def start_refresh(
         if "InstanceRefreshInProgress" in exc.message:
             raise RefusedError(
                 f"{group} already has an instance refresh in progress; follow it with "
-                f"`factory rollout status {group}` or stop it with `factory rollout rollback {group}`"
+                f"`factory rollout status {group}` or stop it with "
+                f"`factory rollout rollback {group}`"
             ) from None
         raise
     return str(response["InstanceRefreshId"])
@@ -835,6 +838,7 @@ def _verify_live(
     result: RolloutResult,
     verify_live: VerifyLive,
     progress: Progress,
+    *,
     on_interrupt: InterruptChoice | None,
     poller: Poller | None,
 ) -> RolloutResult:

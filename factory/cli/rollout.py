@@ -93,7 +93,7 @@ def interrupt_choice(policy: str, progress: Progress) -> InterruptChoice:
 
 def verify_live_function() -> VerifyLive:
     """The verify stage's "run the image's suite against this instance", when it has one."""
-    from factory import verify
+    from factory import verify  # noqa: PLC0415 - paramiko and friends: only when asked
 
     runner = getattr(verify, "verify_instance", None)
     if runner is None:
@@ -159,7 +159,7 @@ def rollout_group() -> None:
     `factory rollout rollback ASG`."""
 
 
-def _settings(
+def _settings(  # noqa: PLR0917 - the refresh options, as Click parsed them
     min_healthy: int,
     max_healthy: int,
     warmup: int | None,
@@ -270,7 +270,7 @@ def refresh_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @output_option
 @pass_cli
-def start_command(  # noqa: PLR0913, PLR0917 - Click passes every option
+def start_command(  # noqa: PLR0917 - Click passes every option
     ctx: CliContext,
     asg: str | None,
     ami: str | None,
@@ -300,9 +300,9 @@ def start_command(  # noqa: PLR0913, PLR0917 - Click passes every option
         if asg or ami or channel:
             raise ConfigError("--fleet reconciles the file's groups: drop ASG, --ami, --channel")
         fleet = load_fleet(fleet_path, ctx.config.channels)
-        result = reconcile(
+        reconciled = reconcile(
             fleet,
-            lambda region: ctx.clients(region),
+            ctx.clients,
             progress,
             settings,
             parallel=parallel,
@@ -311,8 +311,8 @@ def start_command(  # noqa: PLR0913, PLR0917 - Click passes every option
             dry_run=dry_run,
             on_interrupt=choice,
         )
-        ctx.emit(result, render_reconcile(result))
-        raise_if_fleet_failed(result)
+        ctx.emit(reconciled, render_reconcile(reconciled))
+        raise_if_fleet_failed(reconciled)
         return
     if not asg:
         raise ConfigError("name the group: factory rollout ASG --ami AMI (or --fleet fleet.toml)")
@@ -378,7 +378,7 @@ def status_command(ctx: CliContext, asg: str, follow: bool, on_interrupt: str) -
 @click.option("--force", is_flag=True, help="Also for a group tagged factory:stateful=true.")
 @output_option
 @pass_cli
-def rollback_command(  # noqa: PLR0913, PLR0917 - Click passes every option
+def rollback_command(  # noqa: PLR0917 - Click passes every option
     ctx: CliContext,
     asg: str,
     min_healthy: int,
@@ -425,7 +425,7 @@ def rollback_command(  # noqa: PLR0913, PLR0917 - Click passes every option
 def drift_command(ctx: CliContext, fleet_path: Path, exit_code: bool) -> None:
     """Report groups and instances whose AMI differs from their channel, is revoked or retired."""
     fleet = load_fleet(fleet_path, ctx.config.channels)
-    report = drift(fleet, lambda region: ctx.clients(region))
+    report = drift(fleet, ctx.clients)
     ctx.emit(report, render_drift(report))
     if exit_code and report.drifted:
         raise click.exceptions.Exit(1)

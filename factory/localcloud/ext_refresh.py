@@ -50,6 +50,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from moto.autoscaling.models import FakeAutoScalingGroup, InstanceState, autoscaling_backends
+from moto.cloudwatch.models import cloudwatch_backends
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.launch_templates import LaunchTemplateVersion
+from moto.ec2.responses.launch_templates import LaunchTemplates
+from moto.ssm.models import ssm_backends
+
 from factory.localcloud.app import (
     ActionRequest,
     ActionResponse,
@@ -253,8 +261,6 @@ class Refresh:
 
 
 def _backends(account_id: str, region: str) -> tuple[Any, Any]:
-    from moto.autoscaling.models import autoscaling_backends
-    from moto.ec2.models import ec2_backends
 
     return autoscaling_backends[account_id][region], ec2_backends[account_id][region]
 
@@ -307,7 +313,7 @@ def _group_lock(group: Any) -> threading.RLock:
         if lock is None:
             lock = threading.RLock()
             group._factory_refresh_lock = lock
-        return lock  # type: ignore[no-any-return]
+        return lock
 
 
 def _launch(group: Any, spec: LaunchSpec, count: int) -> list[str]:
@@ -358,7 +364,6 @@ def _set_group_spec(group: Any, spec: LaunchSpec) -> None:
 def _alarm_in_alarm(account_id: str, region: str, names: Sequence[str]) -> str | None:
     if not names:
         return None
-    from moto.cloudwatch.models import cloudwatch_backends
 
     alarms = cloudwatch_backends[account_id][region].alarms
     for name in names:
@@ -372,11 +377,11 @@ def _alarm_in_alarm(account_id: str, region: str, names: Sequence[str]) -> str |
 # the engine: one thread per refresh
 
 
-class Failure(Exception):  # noqa: N818 - a refresh outcome, carried to the loop
+class Failure(Exception):
     pass
 
 
-class Stopped(Exception):  # noqa: N818 - cancel or rollback requested
+class Stopped(Exception):
     pass
 
 
@@ -536,7 +541,7 @@ class RefreshEngine:
             log.exception("rollback of %s crashed", r.refresh_id)
             self._finish(ROLLBACK_FAILED, f"Internal error in the local cloud: {exc}")
 
-    def _replace_all(self, target: LaunchSpec | None, *, rolling_back: bool) -> None:
+    def _replace_all(self, target: LaunchSpec | None, *, rolling_back: bool) -> None:  # noqa: PLR0915 - one loop, AWS's rules in order
         """Replace every eligible instance of the group with `target`, batch by batch."""
         r = self.refresh
         prefs = r.preferences
@@ -562,7 +567,9 @@ class RefreshEngine:
             1 for s in group.instance_states if s.lifecycle_state == "InService"
         )
         if missing > 0 and standby:
-            self._run_batch(group, target, [], min(missing, len(standby)), [], rolling_back)
+            self._run_batch(
+                group, target, [], min(missing, len(standby)), [], rolling_back=rolling_back
+            )
         done += len(standby)
         self._progress(done, total, rolling_back)
         while True:
@@ -609,7 +616,9 @@ class RefreshEngine:
             now_ids = pending[: step.terminate_now]
             later_ids = pending[step.terminate_now : step.terminate_now + step.terminate_later]
             pending = pending[step.terminate_now + step.terminate_later :]
-            self._run_batch(group, target, now_ids, step.launch, later_ids, rolling_back)
+            self._run_batch(
+                group, target, now_ids, step.launch, later_ids, rolling_back=rolling_back
+            )
             done += step.terminate_now + step.terminate_later
             self._progress(done, total, rolling_back)
             percent = None if rolling_back else reached_checkpoint(total, prefs.checkpoints, done)
@@ -647,6 +656,7 @@ class RefreshEngine:
         terminate_now: list[str],
         launch: int,
         later_ids: list[str],
+        *,
         rolling_back: bool,
     ) -> None:
         """Terminate, launch, wait until the replacements are healthy and warm, terminate the
@@ -809,7 +819,7 @@ def _desired_spec(params: dict[str, Any], ec2: Any) -> LaunchSpec | None:
     version = str(params.get(p + "Version") or "$Default")
     try:
         template.get_version(version)
-    except Exception:
+    except (EC2ClientError, ValueError, IndexError):
         raise ExtensionError(
             "ValidationError", f"Launch template {template.id} has no version {version}"
         ) from None
@@ -1042,14 +1052,11 @@ def resolve_image_id(image_id: str, ec2: Any) -> str:
     """`resolve:ssm:NAME[:VERSION]` -> the AMI id the parameter holds (else unchanged)."""
     if not image_id.startswith(SSM_PREFIX):
         return image_id
-    from moto.ssm.models import ssm_backends
 
     name = image_id[len(SSM_PREFIX) :]
     backend = ssm_backends[ec2.account_id][ec2.region_name]
     parameter = backend.get_parameter(name)
     if parameter is None:
-        from moto.ec2.exceptions import EC2ClientError
-
         raise EC2ClientError(
             "InvalidParameterValue",
             f"Parameter {name} not found: cannot resolve the launch template's image",
@@ -1068,9 +1075,6 @@ def patch_moto() -> None:
         if _patched:
             return
         _patched = True
-    from moto.autoscaling.models import FakeAutoScalingGroup, InstanceState
-    from moto.ec2.models.launch_templates import LaunchTemplateVersion
-    from moto.ec2.responses.launch_templates import LaunchTemplates
 
     def _image_id(self: Any) -> str:
         raw = str(self.data.get("ImageId", ""))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ import botocore.serialize
 import botocore.session
 import pytest
 from moto import mock_aws
+from moto.ec2.models import ec2_backends
 
 from factory.localcloud import ext_refresh as X
 from factory.localcloud.app import ActionRequest, ExtensionError
@@ -272,8 +273,6 @@ def aws() -> Iterator[Aws]:
     try:
         with mock_aws():
             X.patch_moto()
-            from moto.ec2.models import ec2_backends
-
             ec2 = boto3.client("ec2", REGION)
             amis = [
                 ec2.register_image(

@@ -1,0 +1,265 @@
+"""Rollout plans (pure): refusals, pinning, the refresh preferences, polling, batch bound."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from factory import tags as T
+from factory.errors import ConfigError, RefusedError
+from factory.rollout import (
+    GroupFacts,
+    ImageFacts,
+    InstanceFacts,
+    Poller,
+    RefreshSettings,
+    RefreshStatus,
+    RolloutFailed,
+    RolloutResult,
+    batch_bound,
+    plan_rollout,
+    previous_version,
+    raise_if_failed,
+)
+
+AMI_OLD = "ami-0000000000000old"
+AMI_NEW = "ami-0000000000000new"
+
+
+def _group(**changes: Any) -> GroupFacts:
+    group = GroupFacts(
+        name="web",
+        template_id="lt-1",
+        template_name="web",
+        version="3",
+        version_number=3,
+        version_image=AMI_OLD,
+        version_description="",
+        desired_capacity=4,
+        tags={},
+        instances=tuple(InstanceFacts(f"i-{n}", "InService", "Healthy", "3") for n in range(4)),
+    )
+    return replace(group, **changes)
+
+
+def _image(status: str | None = "verified", **tags: str) -> ImageFacts:
+    image_tags = {T.FAMILY: "web", **tags}
+    if status is not None:
+        image_tags[T.STATUS] = status
+    return ImageFacts(AMI_NEW, exists=True, name="web-2", tags=image_tags)
+
+
+def test_plan_creates_a_version_and_refreshes_everything() -> None:
+    plan = plan_rollout(_group(), _image(), RefreshSettings(), region="us-east-1")
+    assert plan.new_version and not plan.pin_current and not plan.up_to_date
+    assert plan.current_number == 3
+    assert plan.instances_to_replace == 4
+    assert plan.settings.auto_rollback
+    assert any("version from 3 with ImageId" in a for a in plan.actions)
+
+
+@pytest.mark.parametrize("version", ["$Latest", "$Default"])
+def test_plan_pins_latest_and_default(version: str) -> None:
+    plan = plan_rollout(_group(version=version), _image(), RefreshSettings(), region="r")
+    assert plan.pin_current
+    assert any("pin web to launch template lt-1 version 3" in a for a in plan.actions)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (_image(status="candidate"), "not verified"),
+        (_image(status=None), "factory:status=missing"),
+        (_image(status="failed"), "not verified"),
+        (_image(status="revoked"), "revoked"),
+        (_image(**{T.REVOKED_AT: "2026-01-01T00:00:00Z", T.REVOKED_REASON: "CVE-1"}), "CVE-1"),
+        (ImageFacts(AMI_NEW, exists=False), "does not exist"),
+        (replace(_image(), deprecation_time="2020-01-01T00:00:00.000Z"), "retired"),
+    ],
+)
+def test_plan_refuses_images(image: ImageFacts, message: str) -> None:
+    with pytest.raises(RefusedError, match=message):
+        plan_rollout(_group(), image, RefreshSettings(), region="r")
+
+
+def test_future_deprecation_is_fine() -> None:
+    image = replace(_image(), deprecation_time="2999-01-01T00:00:00.000Z")
+    assert plan_rollout(_group(), image, RefreshSettings(), region="r").new_version
+
+
+@pytest.mark.parametrize("value", ["true", "True", " TRUE "])
+def test_stateful_group_refused_without_force(value: str) -> None:
+    group = _group(tags={T.STATEFUL: value})
+    with pytest.raises(RefusedError, match="--force"):
+        plan_rollout(group, _image(), RefreshSettings(), region="r")
+    assert plan_rollout(group, _image(), RefreshSettings(), region="r", force=True).new_version
+
+
+def test_stateful_false_is_not_stateful() -> None:
+    plan_rollout(_group(tags={T.STATEFUL: "false"}), _image(), RefreshSettings(), region="r")
+
+
+def test_group_without_launch_template_refused() -> None:
+    group = _group(template_id=None, version=None, version_number=None, version_image=None)
+    with pytest.raises(RefusedError, match="launch template"):
+        plan_rollout(group, _image(), RefreshSettings(), region="r")
+
+
+def test_up_to_date_when_every_instance_runs_the_image() -> None:
+    group = _group(version_image=AMI_NEW)
+    plan = plan_rollout(group, _image(), RefreshSettings(), region="r")
+    assert plan.up_to_date and not plan.new_version
+    assert plan.actions == ("web: already runs ami-0000000000000new everywhere; nothing to do",)
+
+
+def test_same_image_but_stragglers_refreshes_them_only() -> None:
+    instances = (
+        InstanceFacts("i-1", "InService", "Healthy", "3"),
+        InstanceFacts("i-2", "InService", "Healthy", "2"),
+    )
+    plan = plan_rollout(
+        _group(version_image=AMI_NEW, instances=instances),
+        _image(),
+        RefreshSettings(),
+        region="r",
+    )
+    assert not plan.up_to_date and not plan.new_version
+    assert plan.target_version == 3 and plan.instances_to_replace == 1
+
+
+def test_ssm_image_turns_auto_rollback_off_with_a_warning() -> None:
+    group = _group(version_image="resolve:ssm:/factory/web/prod")
+    plan = plan_rollout(group, _image(), RefreshSettings(), region="r")
+    assert not plan.settings.auto_rollback
+    assert any("cannot roll back" in w for w in plan.warnings)
+
+
+def test_rollback_plan_targets_an_existing_version() -> None:
+    plan = plan_rollout(
+        _group(),
+        _image(status="candidate"),
+        RefreshSettings(),
+        region="r",
+        target_version=2,
+        allow_unverified=True,
+        source="rollback",
+    )
+    assert not plan.new_version and plan.target_version == 2
+
+
+def test_preferences_structure() -> None:
+    settings = RefreshSettings(
+        min_healthy=50,
+        max_healthy=150,
+        warmup=30,
+        checkpoints=(20, 50, 100),
+        checkpoint_delay=60,
+        alarms=("errors",),
+        skip_matching=False,
+    )
+    assert settings.preferences() == {
+        "MinHealthyPercentage": 50,
+        "MaxHealthyPercentage": 150,
+        "SkipMatching": False,
+        "AutoRollback": True,
+        "InstanceWarmup": 30,
+        "CheckpointPercentages": [20, 50, 100],
+        "CheckpointDelay": 60,
+        "AlarmSpecification": {"Alarms": ["errors"]},
+    }
+    assert "InstanceWarmup" not in RefreshSettings().preferences()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        RefreshSettings(min_healthy=101),
+        RefreshSettings(max_healthy=99),
+        RefreshSettings(min_healthy=40, max_healthy=150),
+        RefreshSettings(checkpoints=(50, 20)),
+        RefreshSettings(checkpoints=(0,)),
+        RefreshSettings(checkpoint_delay=10),
+    ],
+)
+def test_settings_rejected(settings: RefreshSettings) -> None:
+    with pytest.raises(ConfigError):
+        settings.check()
+
+
+@pytest.mark.parametrize(
+    ("capacity", "minimum", "maximum", "batches"),
+    [(8, 50, 100, 2), (8, 90, 100, 8), (4, 0, 100, 1), (4, 100, 150, 2), (8, 100, 100, 8)],
+)
+def test_batch_bound(capacity: int, minimum: int, maximum: int, batches: int) -> None:
+    assert batch_bound(capacity, minimum, maximum) == batches
+
+
+def test_previous_version_from_description_else_minus_one() -> None:
+    noted = _group(version_description="factory rollout ami-x (ami) from version 7")
+    assert previous_version(noted) == 7
+    assert previous_version(_group()) == 2
+    assert previous_version(_group(version_number=1)) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_poller_never_more_than_once_a_second_and_backs_off() -> None:
+    fake = FakeClock()
+    poller = Poller(clock=fake.clock, sleep=fake.sleep)
+    for _ in range(12):
+        poller.wait()
+        fake.calls.append(fake.now)
+        poller.saw("same")
+    gaps = [b - a for a, b in zip(fake.calls, fake.calls[1:], strict=False)]
+    assert min(gaps) >= 1.0
+    assert gaps[-1] == pytest.approx(5.0)  # backed off to the ceiling
+    poller.saw("changed")
+    before = fake.now
+    poller.wait()
+    assert fake.now - before == pytest.approx(1.0)  # progress: back to one a second
+
+
+def test_refresh_status_from_api() -> None:
+    status = RefreshStatus.from_api(
+        {
+            "InstanceRefreshId": "r-1",
+            "AutoScalingGroupName": "web",
+            "Status": "RollbackSuccessful",
+            "PercentageComplete": 50,
+            "InstancesToUpdate": 2,
+            "DesiredConfiguration": {
+                "LaunchTemplate": {"LaunchTemplateId": "lt-1", "Version": "4"}
+            },
+            "RollbackDetails": {"RollbackReason": "impaired", "PercentageCompleteOnRollback": 100},
+        }
+    )
+    assert not status.active and status.desired_version == "4"
+    assert status.rollback_reason == "impaired" and status.rollback_percentage == 100
+
+
+def test_failed_result_raises_with_what_was_restored() -> None:
+    result = RolloutResult(
+        "web",
+        "r",
+        AMI_NEW,
+        "r-1",
+        "RollbackSuccessful",
+        "instance i-9 impaired",
+        restored="web uses launch template lt-1 version 3; instances: 4 on ami-old",
+    )
+    with pytest.raises(RolloutFailed, match="rolled back: instance i-9 impaired; now: web uses"):
+        raise_if_failed(result)
+    raise_if_failed(replace(result, status="Successful"))
+    raise_if_failed(replace(result, status="Pending", waited=False))
