@@ -87,8 +87,13 @@ def run(
     check: bool = False,
     error_class: type[FactoryError] = FactoryError,
     input_text: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> ProcessResult:
-    """Run `argv` to completion, streaming stdout lines to `on_stdout_line`."""
+    """Run `argv` to completion, streaming stdout lines to `on_stdout_line`.
+
+    `cancel` lets a caller in a worker thread (where no signal arrives) interrupt the child
+    as Ctrl-C would: when it is set, the child gets SIGINT and `Interrupted` is raised.
+    """
     argv = tuple(str(a) for a in argv)
     log.debug("run: %s (cwd=%s)", " ".join(argv), cwd)
     started = time.monotonic()
@@ -129,6 +134,8 @@ def run(
             timer = threading.Timer(timeout, lambda: trap.handler(signal.SIGTERM, None))
             timer.daemon = True
             timer.start()
+        if cancel is not None:
+            threading.Thread(target=_cancel_on, args=(cancel, proc, trap), daemon=True).start()
         try:
             for line in proc.stdout:
                 stdout_lines.append(line)
@@ -157,6 +164,14 @@ def run(
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise error_class(f"{argv[0]} exited {result.returncode}: {' | '.join(tail)}")
     return result
+
+
+def _cancel_on(cancel: threading.Event, proc: subprocess.Popen[str], trap: _SignalTrap) -> None:
+    """Interrupt the child as Ctrl-C would once `cancel` is set (for callers in worker threads)."""
+    while proc.poll() is None:
+        if cancel.wait(0.2):
+            trap.handler(signal.SIGINT, None)
+            return
 
 
 def _kill_group(proc: subprocess.Popen[str], grace: float = 30.0) -> None:

@@ -1169,8 +1169,6 @@ class _Verification:
         outcome_line = re.compile(r"\s(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 
         def on_line(line: str) -> None:
-            # --parallel workers are not signalled: stop reading when the run is cancelled
-            self.interrupts.check()
             match = outcome_line.search(line)
             if match and match.group(1) in ("FAILED", "ERROR"):
                 self.say(f"{match.group(1)} {line.split(' ', 1)[0]}")
@@ -1182,6 +1180,7 @@ class _Verification:
             timeout=self.settings.suite_timeout,
             on_stdout_line=on_line,
             error_class=VerificationError,
+            cancel=self.interrupts.cancelled,  # --parallel workers get no signals themselves
         )
         if not junit_path.is_file() or proc.returncode not in (0, 1):
             tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-4:])

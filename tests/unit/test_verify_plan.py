@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 from moto import mock_aws
 
-from factory import tags
+from factory import process, tags
 from factory.aws import AwsClients, AwsTarget
 from factory.cli import cli
-from factory.errors import ConfigError, RefusedError
+from factory.errors import ConfigError, Interrupted, RefusedError
 from factory.output import Progress
 from factory.verify import (
     HOST_ALIAS,
@@ -330,3 +332,25 @@ def _config(tmp_path: Path) -> Path:
     path = tmp_path / "factory.toml"
     path.write_text('[factory]\ntemplates_dir = "templates"\nstate_dir = "state"\n')
     return path
+
+
+def test_a_cancelled_worker_interrupts_its_child_promptly() -> None:
+    """--parallel runs pytest from worker threads, where no signal arrives: `cancel` stands in."""
+    cancel = threading.Event()
+    outcome: list[BaseException] = []
+
+    def _worker() -> None:
+        try:
+            process.run(["sleep", "30"], cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=_worker)
+    worker.start()
+    time.sleep(0.3)
+    cancel.set()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 5
+    assert len(outcome) == 1 and isinstance(outcome[0], Interrupted)
