@@ -601,6 +601,14 @@ def wait_refresh(
                     line += f" - {state.reason}"
                 bar.update(completed=state.percentage, status=line)
                 if not state.active:
+                    if cancelling:
+                        raise FactoryError(
+                            f"interrupted: cancelled instance refresh {refresh_id} of {group} at "
+                            f"{state.percentage}% ({state.status}); instances already replaced "
+                            f"stay replaced; now: {describe_restored(clients, group)}; "
+                            f"`factory rollout rollback {group}` goes back",
+                            ExitCode.INTERRUPTED,
+                        )
                     return replace(state, replaced=replaced)
             except KeyboardInterrupt:
                 if cancelling:

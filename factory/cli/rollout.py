@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.errors import ConfigError
+from factory.errors import ConfigError, ExitCode, FactoryError
 from factory.fleet import (
     ReconcileResult,
     drift,
@@ -428,7 +428,11 @@ def drift_command(ctx: CliContext, fleet_path: Path, exit_code: bool) -> None:
     report = drift(fleet, ctx.clients)
     ctx.emit(report, render_drift(report))
     if exit_code and report.drifted:
-        raise click.exceptions.Exit(1)
+        raise FactoryError(
+            f"{len(report.drifted)} group(s) drifted; `factory rollout --fleet {fleet_path}` "
+            "reconciles them",
+            ExitCode.FAILED,
+        )
 
 
 COMMANDS: list[click.Command] = [rollout_group, drift_command]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -278,3 +279,123 @@ def test_stateful_group_refused(world: World) -> None:
                 }
             ]
         )
+
+
+# --- the command line: --no-wait, status, rollback, Ctrl-C, --channel, --fleet ----------------
+
+
+def _factory(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "factory"), *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _latest(world: World) -> dict[str, Any]:
+    return dict(
+        world.clients.client("autoscaling").describe_instance_refreshes(
+            AutoScalingGroupName=world.group
+        )["InstanceRefreshes"][0]
+    )
+
+
+def test_cli_no_wait_then_rollback_while_in_progress(world: World) -> None:
+    started = _factory(
+        "rollout",
+        world.group,
+        "--ami",
+        world.v1,
+        "--min-healthy",
+        "50",
+        "--warmup",
+        "3",
+        "--no-wait",
+    )
+    assert started.returncode == 0, started.stderr
+    refresh_id = started.stdout.splitlines()[0]
+    assert _latest(world)["InstanceRefreshId"] == refresh_id
+    assert _latest(world)["Status"] in ("Pending", "InProgress")
+    back = _factory("rollout", "rollback", world.group)
+    assert back.returncode == 0, back.stderr
+    assert _latest(world)["InstanceRefreshId"] == refresh_id
+    assert _latest(world)["Status"] == "RollbackSuccessful"
+    assert set(_group_images(world).values()) == {world.v2}
+    status = _factory("rollout", "status", world.group, "-O", "json")
+    assert status.returncode == 0, status.stderr
+    assert f'"refresh_id": "{refresh_id}"' in status.stdout
+    assert '"status": "RollbackSuccessful"' in status.stdout
+
+
+def test_cli_rollback_without_refresh_goes_to_previous_version(world: World) -> None:
+    back = _factory("rollout", "rollback", world.group, "--min-healthy", "50", "--warmup", "0")
+    assert back.returncode == 0, back.stderr
+    assert set(_group_images(world).values()) == {world.v1}
+    report = drift(_fleet(world), lambda _region: world.clients)
+    assert report.drifted  # the channel still says v2
+
+
+def test_ctrl_c_without_a_terminal_cancels(world: World) -> None:
+    proc = subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "factory"),
+            "rollout",
+            world.group,
+            "--channel",
+            f"{FAMILY}/prod",
+            "--min-healthy",
+            "50",
+            "--warmup",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait(lambda: "started" in _latest_status_line(world, proc), 60, "the refresh to start")
+        time.sleep(1.5)  # inside the first batch's warmup
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "cancelling the refresh" in err
+    assert _latest(world)["Status"] == "Cancelled"
+    assert len(_group_images(world)) == CAPACITY
+
+
+def _latest_status_line(world: World, proc: subprocess.Popen[str]) -> str:
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    try:
+        refresh = _latest(world)
+    except IndexError:
+        return ""
+    return (
+        "started"
+        if refresh["Status"] == "InProgress"
+        and refresh.get("DesiredConfiguration", {}).get("LaunchTemplate", {}).get("Version")
+        != (describe_group(world.clients, world.group).version)
+        else ""
+    )
+
+
+def test_cli_fleet_reconciles_drift(world: World, tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f"[defaults]\nmin_healthy = 50\nwarmup = 0\n\n"
+        f'[groups.{world.group}]\nfamily = "{FAMILY}"\nchannel = "prod"\n'
+    )
+    before = _factory("drift", "--fleet", str(fleet), "--exit-code")
+    assert before.returncode == 1 and "DRIFT" in before.stdout
+    reconciled = _factory("rollout", "--fleet", str(fleet), "--parallel", "2")
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert set(_group_images(world).values()) == {world.v2}
+    after = _factory("drift", "--fleet", str(fleet), "--exit-code", "-O", "json")
+    assert after.returncode == 0, after.stdout
