@@ -77,6 +77,7 @@ HOST_ALIAS = "instance"  # the suite's hostspec names this alias: test ids do no
 DEFAULT_INSTANCE_TYPE = "t3.micro"
 DEFAULT_SSH_USER = "admin"  # Debian's cloud images
 CALLER_IP_URL = "https://checkip.amazonaws.com"
+AUTH_GRACE = 120.0  # seconds sshd may refuse the launch key before verify gives up
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1018,7 +1019,9 @@ class _Verification:
         res.instance_id = str(reservation["Instances"][0]["InstanceId"])
         self.say(f"launched {res.instance_id} ({self.settings.instance_type})")
 
-    def _deadline_loop(self, what: str) -> Iterator[float]:
+    def _deadline_loop(
+        self, what: str, last_error: Callable[[], str] | None = None
+    ) -> Iterator[float]:
         """Yields elapsed seconds until the boot timeout, sleeping a growing interval between."""
         started = time.monotonic()
         delay = 0.2
@@ -1026,9 +1029,10 @@ class _Verification:
             self.interrupts.check()
             elapsed = time.monotonic() - started
             if elapsed > self.settings.boot_timeout:
+                detail = f" (last error: {last_error()})" if last_error else ""
                 raise VerificationError(
-                    f"{self.target.ami_id}: {what} within {self.settings.boot_timeout:.0f}s; "
-                    "see the instance's console output, or raise the timeout"
+                    f"{self.target.ami_id}: {what} within {self.settings.boot_timeout:.0f}s"
+                    f"{detail}; see the instance's console output, or raise --boot-timeout"
                 )
             yield elapsed
             self.interrupts.cancelled.wait(delay)
@@ -1090,41 +1094,47 @@ class _Verification:
     ) -> None:
         """Until sshd answers with a pinned key and accepts ours; then write known_hosts."""
         pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
-        last_error = "no answer"
-        try:
-            for _ in self._deadline_loop(f"SSH at {address} did not accept the verifier's key"):
-                policy = _PinnedKeyPolicy(pins)
-                client = paramiko.SSHClient()
-                client.set_missing_host_key_policy(policy)
-                try:
-                    client.connect(
-                        address,
-                        port=22,
-                        username=self.settings.ssh_user,
-                        pkey=pkey,
-                        timeout=10,
-                        banner_timeout=10,
-                        auth_timeout=10,
-                        allow_agent=False,
-                        look_for_keys=False,
-                    )
-                    _, stdout, _ = client.exec_command("true", timeout=30)
-                    stdout.channel.recv_exit_status()
-                except HostKeyError:
-                    raise
-                except (OSError, EOFError, paramiko.SSHException) as exc:
-                    last_error = f"{type(exc).__name__}: {exc}"
-                    continue
-                finally:
-                    client.close()
-                assert policy.accepted is not None
-                known_hosts.write_text(policy.accepted.known_hosts_line(address) + "\n")
-                known_hosts.chmod(0o600)
-                return
-        except VerificationError as exc:
-            if isinstance(exc, HostKeyError):
-                raise
-            raise VerificationError(f"{exc.message} (last error: {last_error})") from None
+        last_error = ["no answer"]
+        refused_since: float | None = None
+        waiting = f"SSH at {address} did not accept the verifier's key"
+        for _ in self._deadline_loop(waiting, lambda: last_error[0]):
+            policy = _PinnedKeyPolicy(pins)  # raises HostKeyError on any other key: no retry
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(policy)
+            try:
+                client.connect(
+                    address,
+                    port=22,
+                    username=self.settings.ssh_user,
+                    pkey=pkey,
+                    timeout=10,
+                    banner_timeout=10,
+                    auth_timeout=10,
+                    allow_agent=False,
+                    look_for_keys=False,
+                )
+                _, stdout, _ = client.exec_command("true", timeout=30)
+                stdout.channel.recv_exit_status()
+            except paramiko.AuthenticationException as exc:
+                # cloud-init may install the key a little after sshd starts; not for minutes
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > AUTH_GRACE:
+                    raise VerificationError(
+                        f"{self.target.ami_id}: SSH at {address} keeps refusing the launch key "
+                        f"for user {self.settings.ssh_user!r} ({exc}); is --ssh-user the "
+                        "image's login user?"
+                    ) from None
+                last_error[0] = f"{type(exc).__name__}: {exc}"
+                continue
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                last_error[0] = f"{type(exc).__name__}: {exc}"
+                continue
+            finally:
+                client.close()
+            assert policy.accepted is not None
+            known_hosts.write_text(policy.accepted.known_hosts_line(address) + "\n")
+            known_hosts.chmod(0o600)
+            return
 
     def _context(self, address: str, public_key: str) -> dict[str, Any]:
         return {
