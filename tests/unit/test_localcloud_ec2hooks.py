@@ -22,7 +22,9 @@ from factory.localcloud.layers import BASE_LAYER
 
 
 @pytest.fixture
-def rt(tmp_path: Path) -> Iterator[runtime.InstanceRuntime]:
+def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[runtime.InstanceRuntime]:
+    # the session's local cloud fixture exports AWS_ENDPOINT_URL: boto3 would go there, not to moto
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     (tmp_path / "base").mkdir()
     instance_runtime = runtime.InstanceRuntime(tmp_path / "state", tmp_path / "cache")
     instance_runtime.store._paths[BASE_LAYER] = tmp_path / "base"
