@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -225,8 +226,11 @@ def _factory(*args: str, tmp_path: Path) -> subprocess.Popen[str]:
 
 
 def test_good_image_is_verified_and_tagged(
-    module_clients: AwsClients, good_ami: str, tmp_path: Path
+    module_clients: AwsClients, good_ami: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    scratch = tmp_path / "scratch"  # where verify's temporary key and ssh_config go
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     [result] = verify_images(
         module_clients,
         [good_ami],
@@ -252,7 +256,7 @@ def test_good_image_is_verified_and_tagged(
     # and nothing is left behind, not even the private key
     assert result.cleanup.instances_terminated == (result.instance_id,)
     assert _leftovers(module_clients) == NOTHING_LEFT
-    assert not list(Path("/tmp").glob("factory-verify-*/id_ed25519"))
+    assert list(scratch.iterdir()) == []
 
 
 def test_broken_image_fails_naming_the_test_in_parallel_with_a_good_one(
