@@ -148,6 +148,14 @@ class AddressPool:
             )
 
 
+def _filesystems() -> set[str]:
+    try:
+        lines = Path("/proc/filesystems").read_text().splitlines()
+    except OSError:
+        return {"overlay"}  # cannot tell: let the mount say
+    return {line.split()[-1] for line in lines if line.strip()}
+
+
 # --- per-instance state --------------------------------------------------------------------
 
 
@@ -202,9 +210,12 @@ class InstanceRuntime:
                 "the local cloud's instances need root (namespaces, mounts); run as root, "
                 "or start only the control plane with `factory local up --no-instances`"
             )
-        for tool in ("unshare", "debootstrap"):
-            if shutil.which(tool) is None:
-                raise FactoryError(f"{tool} is not installed: run `make setup`")
+        if shutil.which("unshare") is None:
+            raise FactoryError("unshare is not installed: run `make setup` (util-linux)")
+        if "overlay" not in _filesystems():
+            raise FactoryError(
+                "the kernel has no overlay filesystem, which instances need: run `modprobe overlay`"
+            )
         self.addresses.check_port()
         sweep(self.state_dir)
         ensure_base_rootfs(self.image_cache)  # the store's base layer path: built if missing
