@@ -156,6 +156,10 @@ def test_sweep_kills_leftover_sandbox_processes_and_removes_directories(tmp_path
         [sys.executable, "-c", "import time; time.sleep(60)", "guest_init", str(instance_dir)],
     )
     try:
+        deadline = time.monotonic() + 10  # until exec: before it the cmdline is pytest's
+        while b"guest_init" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         runtime.sweep(state)
         deadline = time.monotonic() + 5
         while proc.poll() is None and time.monotonic() < deadline:
