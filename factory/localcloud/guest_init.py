@@ -330,6 +330,10 @@ def boot(
     _libc.sethostname(cfg["hostname"].encode(), len(cfg["hostname"]))
     os.environ.clear()
     os.environ.update({"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"})
+    if cfg.get("resolv_conf"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("/etc/resolv.conf")
+        write_file("/etc/resolv.conf", cfg["resolv_conf"])
     fresh = read_file(f"{CLOUD_DIR}/data/instance-id") != cfg["instance_id"]
     if fresh:
         first_boot(cfg)

@@ -97,6 +97,9 @@ class Sandbox:
             "user_data": spec.user_data_b64,
             "default_user": spec.default_user,
             "host_key_types": list(HOST_KEY_TYPES),
+            # instances share the host's network: its resolver works for them too (as the VPC
+            # resolver DHCP hands out does on EC2), so provisioners can apt-get
+            "resolv_conf": _host_resolv_conf(),
         }
         boot_json = self.dir / "boot.json"
         boot_json.write_text(json.dumps(config))
@@ -175,6 +178,13 @@ class Sandbox:
             return (self.dir / "console.log").read_text(errors="replace")
         except OSError:
             return ""
+
+
+def _host_resolv_conf() -> str:
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -229,6 +229,8 @@ def test_instance_boots_with_key_user_data_and_printed_host_keys(
     with _ssh(ec2, instance, key[1]) as client:
         assert _exec(client, "whoami") == (0, "admin\n")
         assert _exec(client, "sudo -n cat /root/user-data-marker") == (0, "ran\n")
+        # the host's resolver, as DHCP would hand it out (provisioners can apt-get)
+        assert _exec(client, "cat /etc/resolv.conf")[1] == Path("/etc/resolv.conf").read_text()
         code, hostname = _exec(client, "hostname")
         assert hostname.strip() == "ip-" + address.replace(".", "-")
         # its own pid namespace: init is pid 1, and no host process is visible
