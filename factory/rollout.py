@@ -58,7 +58,7 @@ VERSION_NOTE = re.compile(r"from version (\d+)")
 
 # Polling: never more than one call a second; back off while nothing changes.
 POLL_MIN = 1.0
-POLL_MAX = 5.0
+POLL_MAX = 3.0
 POLL_FACTOR = 1.5
 
 

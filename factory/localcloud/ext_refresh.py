@@ -342,14 +342,21 @@ def _launch(group: Any, spec: LaunchSpec, count: int) -> list[str]:
         return [s.instance.id for s in group.instance_states if s.instance.id not in before]
 
 
-def _terminate(group: Any, instance_ids: Sequence[str]) -> None:
-    """Take instances out of the group and terminate them (no replacement launched)."""
+def _terminate(
+    group: Any, instance_ids: Sequence[str], detached: threading.Event | None = None
+) -> None:
+    """Take instances out of the group and terminate them (no replacement launched);
+    `detached` is set once they are out of the group (terminating takes a while longer)."""
     if not instance_ids:
+        if detached is not None:
+            detached.set()
         return
     _, ec2 = _backends(group.account_id, group.region)
     wanted = set(instance_ids)
     with _group_lock(group):
         group.instance_states = [s for s in group.instance_states if s.instance.id not in wanted]
+    if detached is not None:
+        detached.set()
     ec2.terminate_instances(list(wanted))
 
 
@@ -661,8 +668,17 @@ class RefreshEngine:
     ) -> None:
         """Terminate, launch, wait until the replacements are healthy and warm, terminate the
         rest of the batch's old instances."""
-        _terminate(group, terminate_now)
-        new_ids = _launch(group, target, launch)
+        # terminate and launch at the same time, as AWS does ("terminate and launch")
+        detached = threading.Event()
+        stopper = threading.Thread(
+            target=_terminate, args=(group, terminate_now, detached), daemon=True
+        )
+        stopper.start()
+        detached.wait(10)
+        try:
+            new_ids = _launch(group, target, launch)
+        finally:
+            stopper.join()
         phase = "Rolling back" if rolling_back else "Replacing"
         self._set(
             reason=f"{phase}: launched {', '.join(new_ids) or 'nothing'}; "

@@ -330,10 +330,25 @@ def cloud(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
         events.append(("launch", count, _healthy(group)))
         return ids
 
-    def terminate(group: Any, ids: Any) -> None:
-        real_terminate(group, ids)
-        if ids:
+    def terminate(group: Any, ids: Any, detached: threading.Event | None = None) -> None:
+        if not ids:
+            real_terminate(group, ids, detached)
+            return
+        if detached is None:
+            real_terminate(group, ids)
             events.append(("terminate", len(ids), _healthy(group)))
+            return
+        outer = detached
+
+        class Recorder(threading.Event):
+            """Records the healthy count the moment the instances leave the group (the
+            replacements are launched right after, in parallel with the termination)."""
+
+            def set(self) -> None:
+                events.append(("terminate", len(ids), _healthy(group)))
+                outer.set()
+
+        real_terminate(group, ids, Recorder())
 
     monkeypatch.setattr(X, "_launch", launch)
     monkeypatch.setattr(X, "_terminate", terminate)
