@@ -5,7 +5,8 @@
 Starts a local cloud with the instance runtime in a temporary directory, makes images v1 and
 v2 from the Debian base image (CreateImage), creates a launch template and an Auto Scaling group
 of N instances on v1, measures the boot time of a batch (RunInstances of a batch's worth of
-instances until every status check is ok, median of 3), then times `apply_rollout` (launch template version, instance refresh, waiting) to v2.
+instances until every status check is ok, median of 3), then times `apply_rollout` (launch
+template version, instance refresh, waiting) to v2.
 
 Targets: total <= 1.2 x the batch bound, batches x (boot + warmup), where batches is what
 MinHealthyPercentage allows (8 instances at 50%: 2); polling at most one call a second.

@@ -10,10 +10,10 @@ import pytest
 from factory import tags as T
 from factory.errors import ConfigError, RefusedError
 from factory.rollout import (
+    POLL_MAX,
     GroupFacts,
     ImageFacts,
     InstanceFacts,
-    POLL_MAX,
     Poller,
     RefreshSettings,
     RefreshStatus,
