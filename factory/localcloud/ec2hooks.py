@@ -285,4 +285,7 @@ def _instance_status(self: Any) -> dict[str, Any]:
 def _system_status(self: Any) -> dict[str, Any]:
     if self.state_code != 16:
         return {"Status": "not-applicable"}
+    runtime = _runtime()
+    if runtime is not None and runtime.system_health(self.id) == "impaired":
+        return _check("impaired", "failed")
     return _check("ok", "passed")

@@ -380,6 +380,13 @@ class InstanceRuntime:
             return HEALTH_OK
         return HEALTH_IMPAIRED
 
+    def system_health(self, instance_id: str) -> str:
+        """ok, or impaired when the sandbox of a running instance died (the "host" failed)."""
+        record = self._record(instance_id)
+        if record is None or record.sandbox is None or record.state != "running":
+            return HEALTH_OK
+        return HEALTH_OK if record.sandbox.running() else HEALTH_IMPAIRED
+
     def console_output(self, instance_id: str) -> str | None:
         record = self._record(instance_id)
         if record is None or record.sandbox is None:
