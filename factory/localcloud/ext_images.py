@@ -23,12 +23,14 @@ from __future__ import annotations
 import base64
 import functools
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import botocore.session
 from botocore import xform_name
 from moto.core.responses import ActionResult
+from moto.core.serialize import XFormedAttributePicker
 from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotInUse
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import Ami, AmiBackend
@@ -115,6 +117,7 @@ def patch_moto() -> None:
             return
         _patch_models()
         _patch_responses()
+        _patch_attribute_picker()
         _patched = True
 
 
@@ -182,6 +185,34 @@ def _patch_tag_lookup() -> None:
         ]
 
     TaggedEC2Resource.get_tags = get_tags  # type: ignore[method-assign]
+
+
+def _patch_attribute_picker() -> None:
+    """Memoise moto's response attribute picker: which attribute names it tries depends only
+    on the object's class, the key and the shapes, yet it recomputes them for every field of
+    every object (half the time of a DescribeLaunchTemplateVersions). Same names, same order."""
+    original = XFormedAttributePicker.get_possible_keys
+    cache: dict[tuple[Any, ...], tuple[Any, Any, tuple[str, ...]]] = {}
+
+    def get_possible_keys(self: Any, context: Any) -> Any:
+        shape = context.shape
+        parent = getattr(shape, "parent", None)
+        key = (
+            type(self),
+            tuple(self.alias_providers),
+            type(context.obj),
+            context.key,
+            id(shape),
+            id(parent),
+        )
+        hit = cache.get(key)
+        if hit is not None and hit[0] is shape and hit[1] is parent:
+            return hit[2]
+        keys = tuple(original(self, context))
+        cache[key] = (shape, parent, keys)
+        return keys
+
+    XFormedAttributePicker.get_possible_keys = get_possible_keys  # type: ignore[method-assign]
 
 
 def _patch_responses() -> None:
@@ -505,6 +536,11 @@ def _filters(params: dict[str, Any]) -> dict[str, list[str]]:
     return filters
 
 
+_PAGES: dict[str, list[Any]] = {}  # a paged query's result, by token id, until its last page
+_PAGES_LOCK = threading.Lock()
+_PAGES_KEPT = 64
+
+
 def describe_images(request: ActionRequest) -> ActionResponse:
     params = request.params
     _dry_run(request)
@@ -515,15 +551,21 @@ def describe_images(request: ActionRequest) -> ActionResponse:
             "InvalidParameterCombination",
             "The parameter imageIdsSet cannot be used with the parameter maxResults",
         )
-    try:
-        images = ec2_backends[request.account_id][request.region].describe_images(
-            ami_ids=ami_ids,
-            filters=_filters(params) or None,
-            exec_users=_members(params, "ExecutableBy"),
-            owners=_members(params, "Owner"),
-        )
-    except EC2ClientError as exc:
-        raise ExtensionError(str(exc.code), str(exc.message)) from None
+    token = str(params.get("NextToken") or "")
+    query, start = _offset(token) if token else ("", 0)
+    with _PAGES_LOCK:
+        images = _PAGES.get(query) if query else None
+    if images is None:
+        try:
+            images = ec2_backends[request.account_id][request.region].describe_images(
+                ami_ids=ami_ids,
+                filters=_filters(params) or None,
+                exec_users=_members(params, "ExecutableBy"),
+                owners=_members(params, "Owner"),
+            )
+        except EC2ClientError as exc:
+            raise ExtensionError(str(exc.code), str(exc.message)) from None
+        query = ""
     next_token = ""
     if max_results is not None:
         limit = int(max_results)
@@ -533,9 +575,13 @@ def describe_images(request: ActionRequest) -> ActionResponse:
                 f"Value ({limit}) for parameter maxResults is invalid. "
                 f"Expecting a value between 1 and {MAX_RESULTS_LIMIT}.",
             )
-        start = _offset(str(params.get("NextToken") or ""))
         if start + limit < len(images):
-            next_token = base64.urlsafe_b64encode(f"images:{start + limit}".encode()).decode()
+            # the later pages come from the same result (AWS pages a consistent snapshot)
+            query = query or _remember(images)
+            next_token = base64.urlsafe_b64encode(f"{query}:{start + limit}".encode()).decode()
+        elif query:
+            with _PAGES_LOCK:
+                _PAGES.pop(query, None)
         images = images[start : start + limit]
     body = [f'<DescribeImagesResponse xmlns="{EC2_NS}"><requestId>localcloud</requestId>']
     body.append("<imagesSet>" + "".join(image_xml(ami) for ami in images) + "</imagesSet>")
@@ -545,13 +591,22 @@ def describe_images(request: ActionRequest) -> ActionResponse:
     return ActionResponse("".join(body))
 
 
-def _offset(token: str) -> int:
-    if not token:
-        return 0
+def _remember(images: list[Any]) -> str:
+    query = uuid.uuid4().hex
+    with _PAGES_LOCK:
+        while len(_PAGES) >= _PAGES_KEPT:
+            _PAGES.pop(next(iter(_PAGES)))
+        _PAGES[query] = images
+    return query
+
+
+def _offset(token: str) -> tuple[str, int]:
     try:
-        kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "images":
-            return int(offset)
+        query, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        with _PAGES_LOCK:
+            known = query in _PAGES
+        if known:
+            return query, int(offset)
     except (ValueError, UnicodeDecodeError):
         pass
     raise ExtensionError("InvalidParameterValue", f"Invalid NextToken: {token}")
