@@ -22,9 +22,10 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 GUEST_INIT = Path(__file__).with_name("guest_init.py")
 HOST_KEY_TYPES = ("ecdsa", "ed25519")
@@ -48,7 +49,11 @@ class BootSpec:
 
 
 def unshare_argv(boot_json: Path) -> list[str]:
+    # setpriv --pdeathsig: if the local cloud dies (even by SIGKILL), unshare is killed, and
+    # --kill-child takes the sandbox's init, hence its whole pid namespace, with it
+    wrapper = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
     return [
+        *wrapper,
         "unshare",
         "--pid",
         "--mount",
@@ -105,13 +110,7 @@ class Sandbox:
         boot_json.write_text(json.dumps(config))
         boot_json.chmod(0o600)
         with (self.dir / "console.log").open("ab") as console:
-            self.proc = subprocess.Popen(
-                unshare_argv(boot_json),
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=console,
-                close_fds=True,
-            )
+            self.proc = _spawn(unshare_argv(boot_json), console)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -178,6 +177,28 @@ class Sandbox:
             return (self.dir / "console.log").read_text(errors="replace")
         except OSError:
             return ""
+
+
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(argv: list[str], console: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start a sandbox from one long-lived thread: a parent-death signal fires when the
+    *thread* that forked exits, and the local cloud's request threads are short-lived."""
+    global _spawner  # noqa: PLW0603 - one spawner thread per process
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
+    future = _spawner.submit(
+        subprocess.Popen,
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=console,
+        close_fds=True,
+    )
+    return future.result()
 
 
 def _host_resolv_conf() -> str:

@@ -538,21 +538,24 @@ def test_down_leaves_no_process_mount_or_directory(
     assert not (state / "layers").exists()
 
 
-def test_a_killed_server_is_swept_by_down(own_cloud: tuple[Path, control.LocalCloudStatus]) -> None:
+def test_a_killed_server_takes_its_sandboxes_with_it(
+    own_cloud: tuple[Path, control.LocalCloudStatus],
+) -> None:
     state, status = own_cloud
-    assert _overlay_mounts(state) == 0
     ec2 = _own_ec2(status)
     ids = _launch_some(ec2, 3)
     addresses = [_instance(ec2, i)["PrivateIpAddress"] for i in ids]
+    assert len(_sandbox_processes(state)) >= 6
+    assert _overlay_mounts(state) == 3
     assert status.pid is not None
     os.kill(status.pid, signal.SIGKILL)
     _wait(lambda: not control.status(state).running, what="server gone")
-    # the crash left the sandboxes running
-    assert len(_sandbox_processes(state)) >= 6
-    assert _overlay_mounts(state) == 3
-    assert all(_port_open(a) for a in addresses)
-    control.down(state)
-    assert _sandbox_processes(state) == []
+    # no `down` yet: the sandboxes die with the server (parent-death signal, pid namespaces)
+    _wait(lambda: _sandbox_processes(state) == [], timeout=15, what="sandboxes gone")
     assert _overlay_mounts(state) == 0
     assert not any(_port_open(a) for a in addresses)
+    # and `down` sweeps what the crash left on disk
+    assert (state / "instances").exists()
+    control.down(state)
     assert not (state / "instances").exists()
+    assert _sandbox_processes(state) == []
