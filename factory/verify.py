@@ -18,7 +18,6 @@ import base64
 import hashlib
 import ipaddress
 import json
-import logging
 import os
 import re
 import secrets
@@ -52,8 +51,6 @@ from factory.output import Progress
 from factory.redact import register_secret
 from factory.verify_plugin import CONTEXT_ENV
 
-log = logging.getLogger(__name__)
-
 # What verify does in AWS, for least-privilege policies (infra/ derives its role from these).
 PERMISSIONS = (
     "ec2:DescribeImages",
@@ -70,6 +67,7 @@ PERMISSIONS = (
     "ec2:GetConsoleOutput",
     "ec2:TerminateInstances",
     "ec2:CreateTags",
+    "sts:GetCallerIdentity",  # only our own images get the verdict tags
 )
 
 COMMON_SUITE = "_common"
