@@ -268,8 +268,10 @@ class Aws:
 def aws() -> Iterator[Aws]:
     """moto for the whole module (creating its EC2 backend costs seconds), without its
     default AMIs: three images of our own."""
-    saved = os.environ.get("MOTO_EC2_LOAD_DEFAULT_AMIS")
+    saved = {k: os.environ.get(k) for k in ("MOTO_EC2_LOAD_DEFAULT_AMIS", "AWS_ENDPOINT_URL")}
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    # the session's local cloud fixture exports AWS_ENDPOINT_URL: boto3 would go there
+    os.environ.pop("AWS_ENDPOINT_URL", None)
     try:
         with mock_aws():
             X.patch_moto()
@@ -288,10 +290,11 @@ def aws() -> Iterator[Aws]:
                 ec2_backends[ACCOUNT][REGION],
             )
     finally:
-        if saved is None:
-            os.environ.pop("MOTO_EC2_LOAD_DEFAULT_AMIS", None)
-        else:
-            os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture
