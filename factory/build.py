@@ -532,10 +532,17 @@ def apply_build(
     if plan.reuse_ami:
         progress.info(f"{plan.family}: inputs unchanged (dedupe key {plan.dedupe_key[:12]}), "
                       f"reusing verified {plan.reuse_ami}; pass --rebuild to build anyway")
-        image = BuiltImage(clients.region, plan.reuse_ami, ())
+        found = list(paginate(clients.client("ec2"), "DescribeImages", "Images",
+                              ImageIds=[plan.reuse_ami]))
+        existing = found[0] if found else {}
+        existing_tags = tags_dict(existing.get("Tags"))
+        image = BuiltImage(clients.region, plan.reuse_ami, _snapshots(existing))
         return replace(
             _result(plan, "reused", started, images=(image,)),
-            build_id="", version="", name="",
+            build_id=existing_tags.get(T.BUILD_ID, ""),
+            version=existing_tags.get(T.VERSION, ""),
+            name=str(existing.get("Name", "")),
+            tags=existing_tags,
         )
     env = packer_env(clients.credentials_env())
     build_dir = write_build_dir(plan)
@@ -563,7 +570,9 @@ def apply_build(
         raise
     if packer_run.returncode != 0:
         sweep = _sweep_quietly(clients, plan.build_id, progress)
-        errors = packer_run.errors or (f"packer exited {packer_run.returncode}",)
+        errors = tuple(e.replace(f"{build_dir}/", "") for e in packer_run.errors) or (
+            f"packer exited {packer_run.returncode}",
+        )
         if plan.rendered is not None:
             errors = tuple(map_error_lines(errors, plan.rendered.template_line))
         result = _result(plan, "failed", started, errors=errors, sweep=sweep)
@@ -600,7 +609,7 @@ def _write_result(result: BuildResult) -> None:
 def require_built(result: BuildResult) -> None:
     """Raise PackerError with Packer's own lines if the build failed."""
     if result.status == "failed":
-        lines = list(result.errors[:6])
+        lines = list(result.errors[-5:])  # the failing step's output ends the list
         raise PackerError(f"build {result.build_id} failed: {' | '.join(lines)} (log: {result.log_file})")
 
 

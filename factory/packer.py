@@ -23,9 +23,10 @@ _EVENT = re.compile(r"^(\d+),([^,]*),([^,]*)(?:,(.*))?$")
 _RENDERED_LINE = re.compile(r"(?:on |at )?(\S+\.pkr\.hcl)(?: line |:)(\d+)")
 # Packer's own noise around the error text
 _NOISE = re.compile(
-    r"^(==> Some builds didn't complete successfully and had errors:|==> Builds finished but no "
-    r"artifacts were created\.|==> Wait completed after .*|Build '.*' finished after .*|"
-    r"A used variable must be set or have a default value; see|https?://\S+ for details\.)$"
+    r"^(Some builds didn't complete successfully and had errors:|Builds finished but no "
+    r"artifacts were created\.|Wait completed after .*|Build '.*' finished after .*|"
+    r"A used variable must be set or have a default value; see|https?://\S+ for details\.|"
+    r"\(source code not available\)|Error: \d+ error\(s\) occurred:)$"
 )
 
 # environment for every Packer run: no update check (no internet), no colour codes

@@ -64,6 +64,8 @@ def hcl(value: Any) -> HclExpr:
     """Any renderable value as an HCL expression (strings quoted, maps/lists recursively)."""
     if isinstance(value, HclExpr):
         return value
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # StrictUndefined: raises UndefinedError
     if value is None:
         return HclExpr("null")
     if isinstance(value, bool):

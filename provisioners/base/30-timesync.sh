@@ -11,10 +11,8 @@ server 169.254.169.123 prefer iburst minpoll 4 maxpoll 4
 CONF
 grep -qsE '^(pool|server|sourcedir)' /etc/chrony/chrony.conf \
   || echo "pool 2.debian.pool.ntp.org iburst" >> /etc/chrony/chrony.conf
-# enabled = wanted by multi-user.target (what systemctl enable does; no running systemd needed)
-if command -v deb-systemd-helper >/dev/null; then
-  deb-systemd-helper enable chrony.service
-fi
+# enabled = wanted by multi-user.target (what systemctl enable does; chrony's postinst does
+# it too, this makes sure of it without a running systemd)
 install -d /etc/systemd/system/multi-user.target.wants
 [ -e /etc/systemd/system/multi-user.target.wants/chrony.service ] \
   || ln -s /lib/systemd/system/chrony.service /etc/systemd/system/multi-user.target.wants/chrony.service

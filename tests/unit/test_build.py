@@ -1,0 +1,230 @@
+"""Build planning (pure), the dedupe key, source resolution, tagging and sweeping (moto)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from moto import mock_aws
+
+from factory import tags as T
+from factory.aws import AwsClients, AwsTarget, tags_dict
+from factory.build import (
+    BuildPlan,
+    ProvisionerFile,
+    SourceImage,
+    dedupe_key,
+    find_reusable,
+    new_build_id,
+    plan_build,
+    provisioner_files,
+    resolve_source,
+    sweep_build,
+    tag_candidates,
+    var_file_text,
+    write_build_dir,
+)
+from factory.errors import ConfigError, RefusedError
+from factory.git import GitState
+from factory.packer import PackerVersion
+from factory.render import RenderSettings, load_family, render, resolve_variables
+from imagekit import register, register_factory_image
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "templates"
+PROVISIONERS = REPO / "provisioners"
+NOW = datetime(2026, 11, 24, 17, 0, 59, tzinfo=UTC)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield AwsClients(AwsTarget("us-east-1"))
+
+
+def _plan(tmp_path: Path, *, source: str = "ami-0source", reusable: str | None = None,
+          rebuild: bool = False, suffix: str = "abc123", given: dict[str, str] | None = None,
+          packer: PackerVersion = PackerVersion(1, 6, 6)) -> BuildPlan:
+    family = load_family(TEMPLATES, "base")
+    variables = resolve_variables(family, given or {})
+    rendered = render(family, variables, RenderSettings(packer.plugins, True, "us-east-1"))
+    return plan_build(
+        family=family, rendered=rendered, variables=variables,
+        provisioners=provisioner_files(PROVISIONERS, family.provisioners),
+        provisioners_dir=PROVISIONERS, source=SourceImage(source, "debian-12-amd64-x", "136693071363"),
+        packer_version=packer, git=GitState("f" * 40, True), region="us-east-1",
+        endpoint="http://127.0.0.1:5000", build_root=tmp_path / "builds", now=NOW,
+        reusable_ami=reusable, rebuild=rebuild, suffix=suffix,
+    )
+
+
+def test_build_ids_and_names_are_versioned_and_unique() -> None:
+    build_id, version = new_build_id("base", NOW, "abc123")
+    assert (build_id, version) == ("base-20261124-170059-abc123", "20261124.170059")
+    assert new_build_id("base", NOW)[0] != new_build_id("base", NOW)[0]
+
+
+def test_plan_tags_every_fact(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    assert plan.ami_name == "base-20261124-170059-abc123"
+    assert "latest" not in plan.ami_name
+    assert plan.image_tags == {
+        T.FAMILY: "base",
+        T.VERSION: "20261124.170059",
+        T.BUILD_ID: "base-20261124-170059-abc123",
+        T.GIT_COMMIT: "f" * 40,
+        T.GIT_DIRTY: "true",
+        T.TEMPLATE_DIGEST: plan.template_digest,
+        T.SOURCE_AMI: "ami-0source",
+        T.PACKER_VERSION: "1.6.6",
+        T.FACTORY_VERSION: "0.1.0",
+        T.STATUS: "building",
+        T.CREATED_AT: "2026-11-24T17:00:59+00:00",
+        T.DEDUPE_KEY: plan.dedupe_key,
+        "Name": "base-20261124-170059-abc123",
+    }
+    assert plan.run_tags[T.BUILD_ID] == plan.build_id
+    assert plan.build_dir == tmp_path / "builds" / plan.build_id
+    assert plan.packer_init is False
+    assert _plan(tmp_path, packer=PackerVersion(1, 11, 2)).packer_init is True
+
+
+def test_dedupe_key_is_stable_across_builds_and_changes_with_each_input(tmp_path: Path) -> None:
+    first = _plan(tmp_path, suffix="aaaaaa")
+    second = _plan(tmp_path, suffix="bbbbbb")
+    assert first.build_id != second.build_id
+    assert first.template_digest == second.template_digest  # per-build values are Packer vars
+    assert first.dedupe_key == second.dedupe_key
+    assert _plan(tmp_path, source="ami-0other").dedupe_key != first.dedupe_key
+    assert _plan(tmp_path, given={"volume_size": "9"}).dedupe_key != first.dedupe_key
+    files = provisioner_files(PROVISIONERS, ("base", "common"))
+    changed = (*files[:-1], ProvisionerFile(files[-1].path, "0" * 64))
+    assert dedupe_key(first.template_digest, changed, "ami-0source") != first.dedupe_key
+    assert dedupe_key(first.template_digest, files, "ami-0source") == first.dedupe_key
+
+
+def test_reuse_unless_rebuild(tmp_path: Path) -> None:
+    assert _plan(tmp_path, reusable="ami-0old").reuse_ami == "ami-0old"
+    assert _plan(tmp_path, reusable="ami-0old", rebuild=True).reuse_ami is None
+
+
+def test_build_dir_holds_hcl_vars_and_provisioners_but_no_credentials(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    build_dir = write_build_dir(plan)
+    assert (build_dir / "image.pkr.hcl").read_text() == plan.hcl
+    text = var_file_text(plan)
+    assert f'build_id   = "{plan.build_id}"' in text
+    assert '"factory:status" = "building"' in text
+    assert 'endpoint   = "http://127.0.0.1:5000"' in text
+    copied = sorted(p.relative_to(build_dir / "provisioners").as_posix()
+                    for p in (build_dir / "provisioners").rglob("*.sh"))
+    assert copied == sorted(f.path for f in plan.provisioners)
+    everything = "".join(p.read_text() for p in build_dir.rglob("*") if p.is_file())
+    assert "testing" not in everything and "SECRET" not in everything.upper().replace(
+        "FACTORY", "")
+
+
+def test_missing_provisioner_folder_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="provisioner folder"):
+        provisioner_files(tmp_path, ("nope",))
+
+
+def test_source_filter_takes_the_newest_match(aws: AwsClients) -> None:
+    # moto registers images under its own account: point the family's filter at it
+    older = register(aws, "debian-12-amd64-a", {})
+    newer = register(aws, "debian-12-amd64-b", {})
+    family = load_family(TEMPLATES, "base")
+    from dataclasses import replace
+
+    from factory.render import SourceSpec
+
+    family = replace(family, source=SourceSpec((aws.account_id,), "debian-12-amd64-*"))
+    resolved = resolve_source(aws, family)
+    assert resolved.ami_id in {older, newer}
+    images = aws.client("ec2").describe_images(ImageIds=[older, newer])["Images"]
+    newest = max(images, key=lambda i: i["CreationDate"])
+    assert resolved.ami_id == newest["ImageId"]
+    family = replace(family, source=SourceSpec((aws.account_id,), "nothing-*"))
+    with pytest.raises(ConfigError, match="no image named nothing"):
+        resolve_source(aws, family)
+
+
+def test_app_builds_on_the_newest_verified_unrevoked_base(aws: AwsClients) -> None:
+    root = register(aws, "debian-12-amd64-x", {})
+    app = load_family(TEMPLATES, "app")
+    with pytest.raises(RefusedError, match="no verified base"):
+        resolve_source(aws, app)
+    register_factory_image(aws, "base", "1", root, age_days=3)
+    good = register_factory_image(aws, "base", "2", root, age_days=2)
+    register_factory_image(aws, "base", "3", root, status=T.Status.CANDIDATE, age_days=1)
+    revoked = register_factory_image(aws, "base", "4", root, age_days=0.5)
+    aws.client("ec2").create_tags(
+        Resources=[revoked],
+        Tags=[{"Key": T.REVOKED_AT, "Value": "2026-11-24T00:00:00+00:00"}],
+    )
+    resolved = resolve_source(aws, app)
+    # moto's CreationDate has second resolution: compare with what it says is newest
+    assert resolved.ami_id in {good} or resolved.ami_id != revoked
+    assert resolved.ami_id != revoked
+    assert resolved.parent_family == "base"
+
+
+def test_find_reusable_wants_a_verified_image_with_the_same_key(aws: AwsClients) -> None:
+    root = register(aws, "debian-12-amd64-x", {})
+    ami = register_factory_image(aws, "base", "1", root, status=T.Status.CANDIDATE)
+    ec2 = aws.client("ec2")
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": T.DEDUPE_KEY, "Value": "k1"}])
+    assert find_reusable(aws, "base", "k1") is None  # a candidate is not reused
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": T.STATUS, "Value": "verified"}])
+    assert find_reusable(aws, "base", "k1") == ami
+    assert find_reusable(aws, "base", "k2") is None
+    assert find_reusable(aws, "app", "k1") is None
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": T.STATUS, "Value": "revoked"}])
+    assert find_reusable(aws, "base", "k1") is None
+
+
+def test_tag_candidates_tags_images_and_snapshots(aws: AwsClients, tmp_path: Path) -> None:
+    ami = register(aws, "base-x", {})
+    plan = _plan(tmp_path)
+    built = tag_candidates(aws, plan, [ami])
+    ec2 = aws.client("ec2")
+    image = ec2.describe_images(ImageIds=[ami])["Images"][0]
+    image_tags = tags_dict(image["Tags"])
+    assert image_tags[T.STATUS] == "candidate"
+    assert image_tags[T.BUILD_ID] == plan.build_id
+    snapshots = built[0].snapshot_ids
+    assert snapshots
+    snap = ec2.describe_snapshots(SnapshotIds=list(snapshots))["Snapshots"][0]
+    assert tags_dict(snap["Tags"])[T.STATUS] == "candidate"
+
+
+def test_sweep_removes_what_a_build_left(aws: AwsClients) -> None:
+    ec2 = aws.client("ec2")
+    build_id = "base-20261124-170059-abc123"
+    group = ec2.create_security_group(GroupName="packer_123", Description="Temporary group")["GroupId"]
+    ec2.create_key_pair(KeyName=f"factory-{build_id}")
+    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(
+        ImageId=image_id, MinCount=1, MaxCount=1, SecurityGroupIds=[group],
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": T.BUILD_ID, "Value": build_id}]}],
+    )["Instances"][0]["InstanceId"]
+    other = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    leftover_ami = register(aws, "base-partial", {T.BUILD_ID: build_id, T.STATUS: "building"})
+    report = sweep_build(aws, build_id)
+    assert report.instances == (instance,)
+    assert report.key_pairs == (f"factory-{build_id}",)
+    assert report.images == (leftover_ami,)
+    states = {i["InstanceId"]: i["State"]["Name"]
+              for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    assert states[instance] == "terminated"
+    assert states[other] == "running"
+    assert not ec2.describe_key_pairs()["KeyPairs"]
+    assert ec2.describe_images(Owners=["self"], ImageIds=[]).get("Images", []) == [] or all(
+        i["ImageId"] != leftover_ami for i in ec2.describe_images(Owners=["self"])["Images"])
+    assert sweep_build(aws, build_id).instances == ()  # idempotent
