@@ -94,6 +94,8 @@ class VerifySettings:
     parallel: int = 1
     boot_timeout: float = 600.0  # launch until SSH accepts the verifier's key
     suite_timeout: float = 1800.0
+    # launch-time configuration, as the fleet's launch template would pass it (not printed)
+    user_data: str | None = field(default=None, metadata={"internal": True})
 
 
 @dataclass(frozen=True)
@@ -1012,6 +1014,8 @@ class _Verification:
         }
         if self.settings.subnet_id:
             kwargs["SubnetId"] = self.settings.subnet_id
+        if self.settings.user_data:
+            kwargs["UserData"] = self.settings.user_data  # boto3 base64-encodes it
         res.launch_requested = True
         reservation = call(self.ec2, "RunInstances", **kwargs)
         res.instance_id = str(reservation["Instances"][0]["InstanceId"])
@@ -1174,12 +1178,14 @@ class _Verification:
                 "PYTHONDONTWRITEBYTECODE": "1",
             }
         )
-        outcome_line = re.compile(r"\s(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+        # -v prints "NODE_ID OUTCOME" per test; say which ones fail as they do
+        failed_line = re.compile(r"^(\S+::\S+) (FAILED|ERROR)\b")
 
         def on_line(line: str) -> None:
-            match = outcome_line.search(line)
-            if match and match.group(1) in ("FAILED", "ERROR"):
-                self.say(f"{match.group(1)} {line.split(' ', 1)[0]}")
+            match = failed_line.match(line)
+            if match:
+                node = match.group(1).replace(f"[paramiko://{HOST_ALIAS}]", "")
+                self.say(f"{match.group(2)} {node}")
 
         proc = process.run(
             argv,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -97,6 +98,12 @@ def render_plan(plan: VerifyPlan) -> str:
     show_default=True,
     help="Seconds from launch until SSH must accept the verifier's key.",
 )
+@click.option(
+    "--user-data",
+    "user_data_file",
+    type=click.File("r"),
+    help="User data for the test instance, as the fleet's launch template would pass it.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (images, suites, digests) only.")
 @output_option
 @pass_cli
@@ -112,6 +119,7 @@ def verify_cmd(
     keep: bool,
     parallel: int,
     boot_timeout: float,
+    user_data_file: TextIO | None,
     dry_run: bool,
 ) -> None:
     """Launch each AMI, run its testinfra suite over pinned SSH, tag it verified or failed.
@@ -127,6 +135,7 @@ def verify_cmd(
         keep=keep,
         parallel=parallel,
         boot_timeout=boot_timeout,
+        user_data=user_data_file.read() if user_data_file else None,
     )
     clients = cli.clients()
     plan = plan_for(
