@@ -1,10 +1,10 @@
 """`factory verify` against the local cloud: real sandboxes, real sshd, real testinfra.
 
-A reference golden image is made once per module the way the base provisioners make one
-(over SSH on an instance of the Debian base AMI, then CreateImage); a broken variant of it
-re-enables password login. Then: the good image passes and is tagged verified; the broken one
-fails naming the test; several verify in parallel; --keep leaves a reachable instance; and
-SIGINT/SIGTERM during a run leave no instance, key pair or security group behind.
+The good image is what `factory build base` makes (real Packer, the real provisioners); a
+broken variant of it re-enables password login. Then: the good image passes and is tagged
+verified; the broken one fails naming the test; several verify in parallel; --keep leaves a
+reachable instance; SIGINT/SIGTERM during a run leave no instance, key pair or security group
+behind; and `app`, built on the verified base, passes its own suite.
 """
 
 from __future__ import annotations
@@ -37,36 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEBIAN_OWNER = "136693071363"
 PREFIX = "factory-verify-"
 
-# What the base provisioners do, in one script: security updates, hardening, release file,
-# cleanup of keys, history and caches before capture.
-GOLDEN = r"""
-set -eu
-export DEBIAN_FRONTEND=noninteractive
-printf '%s\n' "$RESOLV" > /etc/resolv.conf
-cat > /etc/apt/sources.list <<'EOF'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-EOF
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends unattended-upgrades chrony >/dev/null
-cat > /etc/apt/apt.conf.d/20auto-upgrades <<'EOF'
-APT::Periodic::Update-Package-Lists "1";
-APT::Periodic::Unattended-Upgrade "1";
-EOF
-cat > /etc/ssh/sshd_config.d/00-hardening.conf <<'EOF'
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-PermitEmptyPasswords no
-EOF
-printf 'FAMILY=%s\nVERSION=%s\nBUILD_ID=%s\n' "$FAMILY" "$VERSION" "$BUILD_ID" \
-  > /etc/factory-release
-apt-get clean
-rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/* /root/.bash_history /home/*/.bash_history
-: > /etc/resolv.conf
-rm -f /home/*/.ssh/authorized_keys
-"""
 # The deliberately broken family: a provisioner that turns password login back on.
 BROKEN = r"""
 set -eu
@@ -152,7 +122,6 @@ def _make_image(clients: AwsClients, source: str, script: str, image_tags: dict[
         env = " ".join(
             f"{k}={shlex.quote(v)}"
             for k, v in {
-                "RESOLV": Path("/etc/resolv.conf").read_text(),
                 "FAMILY": image_tags.get(tags.FAMILY, ""),
                 "VERSION": image_tags.get(tags.VERSION, ""),
                 "BUILD_ID": image_tags.get(tags.BUILD_ID, ""),
@@ -179,23 +148,30 @@ def module_clients(local_cloud: object) -> AwsClients:
     return AwsClients(AwsTarget("us-east-1", endpoint_url=os.environ["AWS_ENDPOINT_URL"]))
 
 
-@pytest.fixture(scope="module")
-def good_ami(module_clients: AwsClients) -> str:
-    ec2 = module_clients.client("ec2")
-    debian = ec2.describe_images(
-        Owners=[DEBIAN_OWNER], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}]
-    )["Images"][0]["ImageId"]
-    return _make_image(
-        module_clients,
-        debian,
-        GOLDEN,
-        {
-            tags.FAMILY: "base",
-            tags.VERSION: "1.0.0",
-            tags.BUILD_ID: "test-good",
-            tags.STATUS: tags.Status.CANDIDATE.value,
-        },
+def _build(family: str, state_dir: Path) -> str:
+    """`factory build FAMILY` (the real templates and provisioners): the new AMI's id."""
+    env = {**os.environ, "FACTORY_STATE_DIR": str(state_dir)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "build", family, "--rebuild", "-O", "json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(json.loads(proc.stdout)["images"][0]["ami_id"])
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verify-state")
+
+
+@pytest.fixture(scope="module")
+def good_ami(module_clients: AwsClients, state_dir: Path) -> str:
+    return _build("base", state_dir)
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +350,43 @@ def test_signal_during_verify_leaves_nothing_behind(
     assert _leftovers(module_clients) == NOTHING_LEFT
     after = tags_dict(ec2.describe_images(ImageIds=[good_ami])["Images"][0]["Tags"])
     assert after == before  # an interrupted run is no verdict
+
+
+APP_LAUNCH = """#!/bin/sh
+# the local cloud's instances share the host's network: listen on the instance's address
+sed -i "s/^BIND=.*/BIND=$(hostname -i | cut -d' ' -f1)/" /etc/default/factory-app
+/etc/rc.local
+"""
+
+
+def test_app_on_the_verified_base_passes_its_suite(
+    module_clients: AwsClients, good_ami: str, state_dir: Path, tmp_path: Path
+) -> None:
+    ec2 = module_clients.client("ec2")
+    if (
+        tags_dict(ec2.describe_images(ImageIds=[good_ami])["Images"][0]["Tags"]).get(tags.STATUS)
+        != "verified"
+    ):
+        [base] = verify_images(
+            module_clients,
+            [good_ami],
+            templates_dir=REPO / "templates",
+            output_dir=tmp_path,
+            progress=Progress(quiet=True),
+        )
+        assert base.ok, base.failing_tests
+    app_ami = _build("app", state_dir)
+    # launched as a fleet would launch it: user data says where to listen and starts it
+    settings = VerifySettings(user_data=APP_LAUNCH)
+    [app] = verify_images(
+        module_clients,
+        [app_ami],
+        templates_dir=REPO / "templates",
+        output_dir=tmp_path,
+        settings=settings,
+        progress=Progress(quiet=True),
+    )
+    assert app.outcome is Outcome.VERIFIED, (app.error, app.failing_tests)
+    assert any(name.startswith("app/tests/") for name in app.durations)
+    assert app.family == "app"
+    assert _leftovers(module_clients) == NOTHING_LEFT
