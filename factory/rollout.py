@@ -741,7 +741,13 @@ def apply_rollout(
     result = finish(clients, base, final)
     if result.status == "Successful" and verify_live is not None:
         result = _verify_live(
-            clients, result, verify_live, progress, on_interrupt=on_interrupt, poller=poller
+            clients,
+            result,
+            verify_live,
+            progress,
+            on_interrupt=on_interrupt,
+            poller=poller,
+            settings=plan.settings,
         )
     result = replace(
         result,
@@ -849,6 +855,7 @@ def _verify_live(
     *,
     on_interrupt: InterruptChoice | None,
     poller: Poller | None,
+    settings: RefreshSettings,
 ) -> RolloutResult:
     group = describe_group(clients, result.group)
     wanted = str(result.launch_template_version)
@@ -872,6 +879,8 @@ def _verify_live(
         on_interrupt=on_interrupt,
         poller=poller,
         check=False,
+        settings=settings,
+        force=True,  # the rollout went ahead on this group: going back must too
     )
     return replace(
         result,

@@ -399,3 +399,24 @@ def test_cli_fleet_reconciles_drift(world: World, tmp_path: Path) -> None:
     assert set(_group_images(world).values()) == {world.v2}
     after = _factory("drift", "--fleet", str(fleet), "--exit-code", "-O", "json")
     assert after.returncode == 0, after.stdout
+
+
+def test_verify_live_failure_rolls_back(world: World) -> None:
+    assert set(_group_images(world).values()) == {world.v2}
+    checked: list[tuple[str, str]] = []
+
+    def failing_suite(_clients: AwsClients, instance_id: str, ami_id: str) -> bool:
+        checked.append((instance_id, ami_id))
+        return False
+
+    group = describe_group(world.clients, world.group)
+    image = describe_images(world.clients, [world.v1])[world.v1]
+    plan = plan_rollout(
+        group, image, RefreshSettings(min_healthy=MIN_HEALTHY, warmup=0), region="us-east-1"
+    )
+    with pytest.raises(RolloutFailed, match="live verification failed"):
+        apply_rollout(plan, world.clients, Progress(quiet=True), verify_live=failing_suite)
+    ((instance_id, ami_id),) = checked
+    assert ami_id == world.v1
+    assert instance_id not in _group_images(world)  # it was replaced again
+    assert set(_group_images(world).values()) == {world.v2}

@@ -264,3 +264,32 @@ def test_failed_result_raises_with_what_was_restored() -> None:
         raise_if_failed(result)
     raise_if_failed(replace(result, status="Successful"))
     raise_if_failed(replace(result, status="Pending", waited=False))
+
+
+def test_cli_verify_live_refused_up_front_without_a_verify_function() -> None:
+    from click.testing import CliRunner
+
+    from factory import verify
+    from factory.cli import cli
+
+    if hasattr(verify, "verify_instance"):
+        pytest.skip("verify can run a suite against an existing instance now")
+    result = CliRunner().invoke(
+        cli, ["rollout", "web", "--ami", "ami-1", "--verify-live"], standalone_mode=False
+    )
+    assert isinstance(result.exception, ConfigError)
+    assert "verify_instance" in result.exception.message
+
+
+def test_cli_rollout_defaults_to_start() -> None:
+    from click.testing import CliRunner
+
+    from factory.cli import cli
+
+    result = CliRunner().invoke(cli, ["rollout", "web"], standalone_mode=False)
+    assert isinstance(result.exception, ConfigError)
+    assert "--ami AMI or --channel" in result.exception.message
+    fleet_and_group = CliRunner().invoke(
+        cli, ["rollout", "web", "--fleet", "fleet.toml"], standalone_mode=False
+    )
+    assert "drop ASG" in fleet_and_group.exception.message  # type: ignore[union-attr]
