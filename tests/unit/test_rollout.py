@@ -6,8 +6,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from factory import tags as T
+from factory import verify
+from factory.cli import cli
 from factory.errors import ConfigError, RefusedError
 from factory.rollout import (
     POLL_MAX,
@@ -267,11 +270,6 @@ def test_failed_result_raises_with_what_was_restored() -> None:
 
 
 def test_cli_verify_live_refused_up_front_without_a_verify_function() -> None:
-    from click.testing import CliRunner
-
-    from factory import verify
-    from factory.cli import cli
-
     if hasattr(verify, "verify_instance"):
         pytest.skip("verify can run a suite against an existing instance now")
     result = CliRunner().invoke(
@@ -282,10 +280,6 @@ def test_cli_verify_live_refused_up_front_without_a_verify_function() -> None:
 
 
 def test_cli_rollout_defaults_to_start() -> None:
-    from click.testing import CliRunner
-
-    from factory.cli import cli
-
     result = CliRunner().invoke(cli, ["rollout", "web"], standalone_mode=False)
     assert isinstance(result.exception, ConfigError)
     assert "--ami AMI or --channel" in result.exception.message
