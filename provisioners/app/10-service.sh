@@ -13,6 +13,7 @@ cat > /usr/local/lib/factory-app/server.py <<'PY'
 """ami-factory app: answers GET /health ("ok") and GET / (the image's /etc/factory-release)."""
 import http.server
 import os
+import socket
 
 RELEASE = "/etc/factory-release"
 
@@ -38,14 +39,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    address = (os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "8080")))
+    bind = os.environ.get("BIND", "")
+    if not bind:  # this instance's own address (its hostname's), so instances never share one
+        try:
+            bind = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            bind = "0.0.0.0"
+    address = (bind, int(os.environ.get("PORT", "8080")))
     http.server.ThreadingHTTPServer(address, Handler).serve_forever()
 PY
 chmod 0644 /usr/local/lib/factory-app/server.py
 
 cat > /etc/default/factory-app <<CONF
-# ami-factory app: where the service listens (user data may rewrite this at launch)
-BIND=0.0.0.0
+# ami-factory app: where the service listens (user data may rewrite this at launch);
+# an empty BIND means this instance's own address (what its hostname resolves to)
+BIND=
 PORT=${PORT}
 CONF
 chmod 0644 /etc/default/factory-app

@@ -7,7 +7,6 @@ events, manifest, tagging, dedupe, failures and signals in about a second per bu
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -344,13 +343,11 @@ def _check_app_service(real: Project, app_ami: str, app: dict[str, Any]) -> None
     """Launch the app image; the service the provisioner installed answers with its release."""
     ec2 = real.clients.client("ec2")
     user_data = (
-        "#!/bin/sh\n"
-        # the local cloud's instances share the host's network: listen on the instance's address
-        'sed -i "s/^BIND=.*/BIND=$(hostname -i | cut -d" " -f1)/" /etc/default/factory-app\n'
-        "/etc/rc.local\n"
+        # what systemd's rc-local compatibility does at boot on an instance without systemd
+        "#!/bin/sh\n/etc/rc.local\n"
     )
     instance = ec2.run_instances(ImageId=app_ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
-                                 UserData=base64.b64encode(user_data.encode()).decode())["Instances"][0]
+                                 UserData=user_data)["Instances"][0]  # boto3 base64-encodes it
     instance_id = instance["InstanceId"]
     try:
         address = None
