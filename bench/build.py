@@ -69,17 +69,43 @@ def main() -> None:
         config = load_config(project, config_file)
         clients = AwsClients(AwsTarget("us-east-1", endpoint_url=endpoint))
         if args.family == "app":  # app needs a verified base: build one, mark it verified
-            subprocess.run([sys.executable, "-m", "factory", "--config", str(config_file),
-                            "-q", "build", "base"], check=True, cwd=REPO)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "factory",
+                    "--config",
+                    str(config_file),
+                    "-q",
+                    "build",
+                    "base",
+                ],
+                check=True,
+                cwd=REPO,
+            )
             ec2 = clients.client("ec2")
-            images = ec2.describe_images(Owners=["self"], Filters=[
-                {"Name": "tag:factory:family", "Values": ["base"]}])["Images"]
-            ec2.create_tags(Resources=[i["ImageId"] for i in images],
-                            Tags=[{"Key": "factory:status", "Value": "verified"}])
+            images = ec2.describe_images(
+                Owners=["self"], Filters=[{"Name": "tag:factory:family", "Values": ["base"]}]
+            )["Images"]
+            ec2.create_tags(
+                Resources=[i["ImageId"] for i in images],
+                Tags=[{"Key": "factory:status", "Value": "verified"}],
+            )
         factory_times: list[float] = []
         packer_times: list[float] = []
-        argv = [sys.executable, "-m", "factory", "--config", str(config_file), "-q", "build",
-                args.family, "--rebuild", "--output", "json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "factory",
+            "--config",
+            str(config_file),
+            "-q",
+            "build",
+            args.family,
+            "--rebuild",
+            "--output",
+            "json",
+        ]
         for run in range(args.runs):
             started = time.monotonic()
             done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO)
@@ -91,27 +117,38 @@ def main() -> None:
             env = packer_env(clients.credentials_env())
             started = time.monotonic()
             bare = subprocess.run(
-                build_argv(build_dir / TEMPLATE_FILE, build_dir / VAR_FILE), cwd=build_dir,
-                env=env, capture_output=True, text=True, check=False,
+                build_argv(build_dir / TEMPLATE_FILE, build_dir / VAR_FILE),
+                cwd=build_dir,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             packer_times.append(time.monotonic() - started)
             if bare.returncode != 0:
                 raise SystemExit(f"bare packer build failed: {bare.stdout[-2000:]}")
-            print(f"run {run + 1}: factory {factory_times[-1]:.2f}s  packer {packer_times[-1]:.2f}s",
-                  file=sys.stderr)
+            print(
+                f"run {run + 1}: factory {factory_times[-1]:.2f}s  packer {packer_times[-1]:.2f}s",
+                file=sys.stderr,
+            )
         factory_median = statistics.median(factory_times)
         packer_median = statistics.median(packer_times)
-        print(json.dumps({
-            "family": args.family,
-            "runs": args.runs,
-            "factory_build_s": [round(t, 3) for t in factory_times],
-            "bare_packer_s": [round(t, 3) for t in packer_times],
-            "factory_median_s": round(factory_median, 3),
-            "packer_median_s": round(packer_median, 3),
-            "overhead_s": round(factory_median - packer_median, 3),
-            "ratio": round(factory_median / packer_median, 3),
-            "target_ratio": 1.05,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "family": args.family,
+                    "runs": args.runs,
+                    "factory_build_s": [round(t, 3) for t in factory_times],
+                    "bare_packer_s": [round(t, 3) for t in packer_times],
+                    "factory_median_s": round(factory_median, 3),
+                    "packer_median_s": round(packer_median, 3),
+                    "overhead_s": round(factory_median - packer_median, 3),
+                    "ratio": round(factory_median / packer_median, 3),
+                    "target_ratio": 1.05,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,19 +36,21 @@ from factory.catalog import is_revoked, refuse_revoked_parent
 from factory.config import FactoryConfig
 from factory.errors import ConfigError, FactoryError, Interrupted, PackerError, RefusedError
 from factory.git import GitState, git_state
-from factory.output import Progress
+from factory.output import Progress, dumps, to_jsonable
 from factory.packer import (
     PACKER,
     Event,
     PackerVersion,
     build_argv,
     detect_version,
+    error_lines,
     init_argv,
     map_error_lines,
     packer_env,
     progress_text,
     read_manifest,
     run_packer,
+    validate_argv,
 )
 from factory.process import run
 from factory.render import (
@@ -97,7 +100,9 @@ class ProvisionerFile:
     sha256: str
 
 
-def provisioner_files(provisioners_dir: Path, folders: Sequence[str]) -> tuple[ProvisionerFile, ...]:
+def provisioner_files(
+    provisioners_dir: Path, folders: Sequence[str]
+) -> tuple[ProvisionerFile, ...]:
     out: list[ProvisionerFile] = []
     for folder in folders:
         base = provisioners_dir / folder
@@ -109,7 +114,9 @@ def provisioner_files(provisioners_dir: Path, folders: Sequence[str]) -> tuple[P
     return tuple(out)
 
 
-def dedupe_key(template_digest: str, provisioners: Sequence[ProvisionerFile], source_ami: str) -> str:
+def dedupe_key(
+    template_digest: str, provisioners: Sequence[ProvisionerFile], source_ami: str
+) -> str:
     """Same key = same inputs: rendered HCL, provisioner contents, resolved source AMI."""
     doc = {
         "template": template_digest,
@@ -151,20 +158,28 @@ def resolve_source(clients: AwsClients, family: Family) -> SourceImage:
         if newest is None:
             raise RefusedError(
                 f"no verified {spec.parent} image in {clients.region} for family {family.name}; "
-                f"build and verify {spec.parent} first (factory build {spec.parent}, factory verify)"
+                f"build and verify {spec.parent} first "
+                f"(factory build {spec.parent}, factory verify)"
             )
         ami_id = str(newest["ImageId"])
         refuse_revoked_parent(clients, ami_id)
-        return SourceImage(ami_id, str(newest.get("Name", "")), str(newest.get("OwnerId", "")), spec.parent)
+        return SourceImage(
+            ami_id, str(newest.get("Name", "")), str(newest.get("OwnerId", "")), spec.parent
+        )
     if not spec.owners or not spec.name:
-        raise ConfigError(f"family {family.name} names no source image; add [source] to family.toml")
+        raise ConfigError(
+            f"family {family.name} names no source image; add [source] to family.toml"
+        )
     images = list(
         paginate(
             ec2,
             "DescribeImages",
             "Images",
             Owners=list(spec.owners),
-            Filters=[{"Name": "name", "Values": [spec.name]}, {"Name": "state", "Values": ["available"]}],
+            Filters=[
+                {"Name": "name", "Values": [spec.name]},
+                {"Name": "state", "Values": ["available"]},
+            ],
         )
     )
     newest = _newest(images)
@@ -396,7 +411,9 @@ def _snapshots(image: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def tag_candidates(clients: AwsClients, plan: BuildPlan, ami_ids: Sequence[str]) -> tuple[BuiltImage, ...]:
+def tag_candidates(
+    clients: AwsClients, plan: BuildPlan, ami_ids: Sequence[str]
+) -> tuple[BuiltImage, ...]:
     """Tag each built AMI and its snapshots with the build's facts and status=candidate."""
     ec2 = clients.client("ec2")
     images = list(paginate(ec2, "DescribeImages", "Images", ImageIds=list(ami_ids)))
@@ -424,7 +441,10 @@ def sweep_build(clients: AwsClients, build_id: str, *, wait: float = 120.0) -> S
         "Reservations",
         Filters=[
             {"Name": f"tag:{T.BUILD_ID}", "Values": [build_id]},
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+            {
+                "Name": "instance-state-name",
+                "Values": ["pending", "running", "stopping", "stopped"],
+            },
         ],
     )
     instances = [i for r in reservations for i in r.get("Instances", [])]
@@ -443,7 +463,9 @@ def sweep_build(clients: AwsClients, build_id: str, *, wait: float = 120.0) -> S
         while time.monotonic() < deadline:
             states = [
                 i["State"]["Name"]
-                for r in paginate(ec2, "DescribeInstances", "Reservations", InstanceIds=instance_ids)
+                for r in paginate(
+                    ec2, "DescribeInstances", "Reservations", InstanceIds=instance_ids
+                )
                 for i in r.get("Instances", [])
             ]
             if all(s == "terminated" for s in states):
@@ -468,7 +490,10 @@ def sweep_build(clients: AwsClients, build_id: str, *, wait: float = 120.0) -> S
                 leftovers.append(f"security group {group_id} ({exc})")
     images: list[str] = []
     for image in paginate(
-        ec2, "DescribeImages", "Images", Owners=["self"],
+        ec2,
+        "DescribeImages",
+        "Images",
+        Owners=["self"],
         Filters=[{"Name": f"tag:{T.BUILD_ID}", "Values": [build_id]}],
     ):
         ami_id = str(image["ImageId"])
@@ -488,7 +513,9 @@ def _sweep_quietly(clients: AwsClients, build_id: str, progress: Progress) -> Sw
     try:
         report = sweep_build(clients, build_id)
     except FactoryError as exc:
-        progress.warn(f"cleanup after {build_id} failed: {exc}; look for tag {T.BUILD_ID}={build_id}")
+        progress.warn(
+            f"cleanup after {build_id} failed: {exc}; look for tag {T.BUILD_ID}={build_id}"
+        )
         return SweepReport(leftovers=(str(exc),))
     removed = [*report.instances, *report.key_pairs, *report.security_groups, *report.images]
     if removed:
@@ -530,10 +557,13 @@ def apply_build(
     """Run the plan: reuse, or write the build dir, run Packer, tag the images it made."""
     started = time.monotonic()
     if plan.reuse_ami:
-        progress.info(f"{plan.family}: inputs unchanged (dedupe key {plan.dedupe_key[:12]}), "
-                      f"reusing verified {plan.reuse_ami}; pass --rebuild to build anyway")
-        found = list(paginate(clients.client("ec2"), "DescribeImages", "Images",
-                              ImageIds=[plan.reuse_ami]))
+        progress.info(
+            f"{plan.family}: inputs unchanged (dedupe key {plan.dedupe_key[:12]}), "
+            f"reusing verified {plan.reuse_ami}; pass --rebuild to build anyway"
+        )
+        found = list(
+            paginate(clients.client("ec2"), "DescribeImages", "Images", ImageIds=[plan.reuse_ami])
+        )
         existing = found[0] if found else {}
         existing_tags = tags_dict(existing.get("Tags"))
         image = BuiltImage(clients.region, plan.reuse_ami, _snapshots(existing))
@@ -548,12 +578,16 @@ def apply_build(
     build_dir = write_build_dir(plan)
     log_file = build_dir / LOG_FILE
     (build_dir / "plan.json").write_text(json.dumps(_plan_record(plan), indent=2) + "\n")
-    progress.info(f"building {plan.family} {plan.version} as {plan.build_id} from {plan.source_ami} "
-                  f"(log: {log_file})")
+    progress.info(
+        f"building {plan.family} {plan.version} as {plan.build_id} from {plan.source_ami} "
+        f"(log: {log_file})"
+    )
     if plan.packer_init:
-        result = run(init_argv(build_dir / TEMPLATE_FILE, packer), env=env, cwd=build_dir, timeout=600)
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        init = run(
+            init_argv(build_dir / TEMPLATE_FILE, packer), env=env, cwd=build_dir, timeout=600
+        )
+        if init.returncode != 0:
+            lines = (init.stderr or init.stdout).strip().splitlines()[-3:]
             raise PackerError(f"packer init failed: {' | '.join(lines)}")
     try:
         packer_run = run_packer(
@@ -582,8 +616,13 @@ def apply_build(
     ours = [i.ami_id for i in images if i.region == clients.region]
     if not ours:
         sweep = _sweep_quietly(clients, plan.build_id, progress)
-        result = _result(plan, "failed", started, sweep=sweep,
-                         errors=(f"Packer succeeded but its manifest names no AMI in {clients.region}",))
+        result = _result(
+            plan,
+            "failed",
+            started,
+            sweep=sweep,
+            errors=(f"Packer succeeded but its manifest names no AMI in {clients.region}",),
+        )
         _write_result(result)
         return result
     built = tag_candidates(clients, plan, ours)
@@ -594,15 +633,11 @@ def apply_build(
 
 
 def _plan_record(plan: BuildPlan) -> dict[str, Any]:
-    from factory.output import to_jsonable
-
     return dict(to_jsonable(plan))
 
 
 def _write_result(result: BuildResult) -> None:
     if result.build_dir is not None and result.build_dir.is_dir():
-        from factory.output import dumps
-
         (result.build_dir / RESULT_FILE).write_text(dumps(result) + "\n")
 
 
@@ -610,7 +645,9 @@ def require_built(result: BuildResult) -> None:
     """Raise PackerError with Packer's own lines if the build failed."""
     if result.status == "failed":
         lines = list(result.errors[-5:])  # the failing step's output ends the list
-        raise PackerError(f"build {result.build_id} failed: {' | '.join(lines)} (log: {result.log_file})")
+        raise PackerError(
+            f"build {result.build_id} failed: {' | '.join(lines)} (log: {result.log_file})"
+        )
 
 
 # ---- the whole stage -------------------------------------------------------------------------
@@ -632,7 +669,9 @@ def prepare_build(
     clients.credentials_env()  # no credentials: fail before anything else
     version = detect_version(packer)
     endpoint = packer_endpoint(clients)
-    rendered = render(family, variables, RenderSettings(version.plugins, endpoint is not None, clients.region))
+    rendered = render(
+        family, variables, RenderSettings(version.plugins, endpoint is not None, clients.region)
+    )
     files = provisioner_files(config.provisioners_dir, family.provisioners)
     source = resolve_source(clients, family)
     key = dedupe_key(rendered.digest, files, source.ami_id)
@@ -703,12 +742,12 @@ def validate_family(
     packer: str = PACKER,
 ) -> ValidateResult:
     """Render and `packer validate`, with Packer's errors pointed at the template's own lines."""
-    import tempfile
-
     family = load_family(config.templates_dir, family_name)
     variables = resolve_variables(family, given)
     version = detect_version(packer)
-    rendered = render(family, variables, RenderSettings(version.plugins, endpoint is not None, region))
+    rendered = render(
+        family, variables, RenderSettings(version.plugins, endpoint is not None, region)
+    )
     files = provisioner_files(config.provisioners_dir, family.provisioners)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="validate-", dir=config.state_dir) as tmp:
@@ -728,14 +767,17 @@ def validate_family(
             if init.returncode != 0:
                 lines = (init.stderr or init.stdout).strip().splitlines()[-3:]
                 raise PackerError(f"packer init failed: {' | '.join(lines)}")
-        from factory.packer import error_lines, validate_argv
-
-        result = run(validate_argv(work / TEMPLATE_FILE, work / VAR_FILE, packer), env=env, cwd=work,
-                     timeout=300)
+        result = run(
+            validate_argv(work / TEMPLATE_FILE, work / VAR_FILE, packer),
+            env=env,
+            cwd=work,
+            timeout=300,
+        )
         errors: list[str] = []
         if result.returncode != 0:
             raw = error_lines((), result.stderr, result.stdout)
             errors = [line.replace(str(work) + "/", "") for line in raw]
             errors = map_error_lines(errors, rendered.template_line)
-    return ValidateResult(family.name, result.returncode == 0, rendered.digest, version.text,
-                          tuple(errors))
+    return ValidateResult(
+        family.name, result.returncode == 0, rendered.digest, version.text, tuple(errors)
+    )

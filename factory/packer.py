@@ -62,7 +62,9 @@ def parse_version(output: str) -> PackerVersion:
         match = _VERSION.search(line)
         if match:
             return PackerVersion(*(int(g) for g in match.groups()))
-    raise ConfigError(f"cannot read Packer's version from {output.strip()[:80]!r}; reinstall packer")
+    raise ConfigError(
+        f"cannot read Packer's version from {output.strip()[:80]!r}; reinstall packer"
+    )
 
 
 def detect_version(packer: str = PACKER) -> PackerVersion:
@@ -95,9 +97,13 @@ def fmt_check_argv(template: Path, packer: str = PACKER) -> list[str]:
     return [packer, "fmt", "-check", str(template)]
 
 
-def packer_env(credentials: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def packer_env(
+    credentials: Mapping[str, str], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The whole environment of a Packer run: credentials go here, never on the command line."""
-    return child_env({**PACKER_ENV, **credentials, **(extra or {})}, inherit=("PACKER_PLUGIN_PATH",))
+    return child_env(
+        {**PACKER_ENV, **credentials, **(extra or {})}, inherit=("PACKER_PLUGIN_PATH",)
+    )
 
 
 # ---- machine-readable events ---------------------------------------------------------------
@@ -149,8 +155,13 @@ class EventParser:
         event = parse_line(line)
         if event is None:
             if self._pending is not None and self._pending.data:
-                data = (*self._pending.data[:-1], self._pending.data[-1] + "\n" + _unescape(line.rstrip("\r\n")))
-                self._pending = Event(self._pending.timestamp, self._pending.target, self._pending.type, data)
+                data = (
+                    *self._pending.data[:-1],
+                    self._pending.data[-1] + "\n" + _unescape(line.rstrip("\r\n")),
+                )
+                self._pending = Event(
+                    self._pending.timestamp, self._pending.target, self._pending.type, data
+                )
             return []
         done, self._pending = self._pending, event
         return [done] if done is not None else []
@@ -199,7 +210,9 @@ def error_lines(events: Sequence[Event], stderr: str = "", stdout: str = "") -> 
     return out
 
 
-def map_error_lines(lines: Sequence[str], locate: Callable[[int], tuple[Path, int] | None]) -> list[str]:
+def map_error_lines(
+    lines: Sequence[str], locate: Callable[[int], tuple[Path, int] | None]
+) -> list[str]:
     """Point `on X.pkr.hcl line N` at the template file and line that produced it."""
 
     def _sub(match: re.Match[str]) -> str:
@@ -282,8 +295,9 @@ def run_packer(
                 if on_event is not None:
                     on_event(event)
 
-        result: ProcessResult = run(argv, env=env, cwd=cwd, timeout=timeout, on_stdout_line=_line,
-                                    error_class=PackerError)
+        result: ProcessResult = run(
+            argv, env=env, cwd=cwd, timeout=timeout, on_stdout_line=_line, error_class=PackerError
+        )
         for event in parser.close():
             events.append(event)
             if on_event is not None:

@@ -60,7 +60,7 @@ def hcl_string(text: str) -> str:
     return "".join(out).replace("${", "$${").replace("%{", "%%{")
 
 
-def hcl(value: Any) -> HclExpr:
+def hcl(value: Any) -> HclExpr:  # noqa: PLR0911 - one return per HCL value kind
     """Any renderable value as an HCL expression (strings quoted, maps/lists recursively)."""
     if isinstance(value, HclExpr):
         return value
@@ -169,7 +169,9 @@ def load_family(templates_dir: Path, name: str) -> Family:
                 f"use one of {', '.join(VAR_TYPES)}"
             )
         required = "default" not in table
-        default = None if required else _coerce(var_type, table["default"], var_name, str(spec_file))
+        default = (
+            None if required else _coerce(var_type, table["default"], var_name, str(spec_file))
+        )
         variables.append(
             Variable(var_name, var_type, default, str(table.get("description", "")), required)
         )
@@ -192,7 +194,9 @@ def load_family(templates_dir: Path, name: str) -> Family:
     )
 
 
-def _coerce(var_type: str, value: Any, name: str, origin: str) -> Any:
+def _coerce(  # noqa: PLR0911, PLR0912 - one branch per variable type
+    var_type: str, value: Any, name: str, origin: str
+) -> Any:
     """A value (from --var text, a var file or defaults) as the variable's type."""
     bad = ConfigError(f"{origin}: variable {name} must be a {var_type}, got {value!r}")
     if var_type == "string":
@@ -302,14 +306,14 @@ def _finalize(value: Any) -> Any:
 
 
 def _environment(templates_dir: Path) -> jinja2.Environment:
-    env = jinja2.Environment(  # noqa: S701 - output is HCL, quoted by the hcl filter, not HTML
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
         finalize=_finalize,
-        autoescape=False,
+        autoescape=False,  # noqa: S701 - HCL, not HTML: the hcl filter quotes every value
     )
     env.filters["hcl"] = hcl
     return env
@@ -371,7 +375,9 @@ def render_family(family: Family, context: Mapping[str, Any]) -> Rendered:
         try:
             text = env.from_string(source).render(**context)
         except jinja2.UndefinedError as exc:
-            raise ConfigError(f"{template_path}: {exc.message}; pass it or fix the template") from None
+            raise ConfigError(
+                f"{template_path}: {exc.message}; pass it or fix the template"
+            ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"{template_path}:{exc.lineno}: {exc.message}") from None
         if not text.endswith("\n"):
@@ -409,7 +415,5 @@ def template_context(
     }
 
 
-def render(
-    family: Family, variables: Mapping[str, Any], settings: RenderSettings
-) -> Rendered:
+def render(family: Family, variables: Mapping[str, Any], settings: RenderSettings) -> Rendered:
     return render_family(family, template_context(family, variables, settings))

@@ -18,11 +18,14 @@ def plan_text(plan: BuildPlan) -> str:
         f"  source AMI:      {plan.source_ami} ({plan.source_name})",
         f"  template digest: {plan.template_digest}",
         f"  dedupe key:      {plan.dedupe_key}",
-        f"  Packer:          {plan.packer_version}" + (" (packer init)" if plan.packer_init else ""),
+        f"  Packer:          {plan.packer_version}"
+        + (" (packer init)" if plan.packer_init else ""),
         f"  build dir:       {plan.build_dir}",
     ]
     if plan.reuse_ami:
-        lines.append(f"  reuse:           {plan.reuse_ami} (verified, same inputs; --rebuild builds)")
+        lines.append(
+            f"  reuse:           {plan.reuse_ami} (verified, same inputs; --rebuild builds)"
+        )
     return "\n".join(lines)
 
 
@@ -30,8 +33,12 @@ def result_text(result: BuildResult) -> str:
     if result.status == "reused":
         return f"{result.ami_ids[0]}  reused (verified, same dedupe key {result.dedupe_key[:12]})"
     if result.status == "failed":
-        return "\n".join([f"build {result.build_id} FAILED (log: {result.log_file})",
-                          *(f"  {line}" for line in result.errors)])
+        return "\n".join(
+            [
+                f"build {result.build_id} FAILED (log: {result.log_file})",
+                *(f"  {line}" for line in result.errors),
+            ]
+        )
     lines = [f"{image.ami_id}  {result.name}  candidate" for image in result.images]
     lines.append(f"  build dir: {result.build_dir} ({result.seconds:.1f}s)")
     lines.append(f"  log:       {result.log_file}")
@@ -41,8 +48,11 @@ def result_text(result: BuildResult) -> str:
 @click.command("build")
 @click.argument("family")
 @var_options
-@click.option("--rebuild", is_flag=True,
-              help="Build even if a verified AMI with the same inputs (dedupe key) exists.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Build even if a verified AMI with the same inputs (dedupe key) exists.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (source AMI, digests, reuse) only.")
 @output_option
 @pass_cli
@@ -61,8 +71,9 @@ def build_cmd(
     build's tag, and exits 130/143.
     """
     clients = cli.clients()
-    plan = prepare_build(cli.config, clients, family, given_variables(var_args, var_file),
-                         rebuild=rebuild)
+    plan = prepare_build(
+        cli.config, clients, family, given_variables(var_args, var_file), rebuild=rebuild
+    )
     if dry_run:
         cli.emit(plan, plan_text(plan))
         return

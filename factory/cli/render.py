@@ -30,11 +30,16 @@ from factory.render import (
 def var_options(fn: Any) -> Any:
     """--var NAME=VALUE (repeatable) and --var-file FILE, shared by render, validate and build."""
     fn = click.option(
-        "--var-file", "var_file", type=click.Path(dir_okay=False, path_type=Path),
+        "--var-file",
+        "var_file",
+        type=click.Path(dir_okay=False, path_type=Path),
         help="TOML (name = value) or JSON file of variable values; --var wins over it.",
     )(fn)
     return click.option(
-        "--var", "var_args", multiple=True, metavar="NAME=VALUE",
+        "--var",
+        "var_args",
+        multiple=True,
+        metavar="NAME=VALUE",
         help="Set a family variable (repeatable); see --list-vars.",
     )(fn)
 
@@ -55,7 +60,9 @@ class VariableList:
 def _list_text(listing: VariableList) -> str:
     lines = [f"{listing.family}: {listing.description}".rstrip(": ")]
     for var in listing.variables:
-        default = "(required)" if var.required else f"default {json.dumps(to_jsonable(var.default))}"
+        default = (
+            "(required)" if var.required else f"default {json.dumps(to_jsonable(var.default))}"
+        )
         lines.append(f"  {var.name:<16} {var.type:<13} {default:<32} {var.description}")
     return "\n".join(lines)
 
@@ -72,11 +79,19 @@ class RenderResult:
 @click.command("render")
 @click.argument("family")
 @var_options
-@click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the HCL to FILE instead of stdout.")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the HCL to FILE instead of stdout.",
+)
 @click.option("--list-vars", is_flag=True, help="List the family's variables and exit.")
-@click.option("--packer-version", metavar="X.Y.Z",
-              help="Render for this Packer version (default: the installed one).")
+@click.option(
+    "--packer-version",
+    metavar="X.Y.Z",
+    help="Render for this Packer version (default: the installed one).",
+)
 @output_option
 @pass_cli
 def render_cmd(
@@ -97,7 +112,9 @@ def render_cmd(
         return
     variables = resolve_variables(fam, given_variables(var_args, var_file))
     version = parse_version(packer_version) if packer_version else detect_version(PACKER)
-    settings = RenderSettings(version.plugins, cli.config.endpoint_url is not None, cli.config.region)
+    settings = RenderSettings(
+        version.plugins, cli.config.endpoint_url is not None, cli.config.region
+    )
     rendered = render(fam, variables, settings)
     if out is not None:
         out.write_text(rendered.hcl)
@@ -126,12 +143,19 @@ def validate_cmd(
     except Exception:  # noqa: BLE001 - validate needs no AWS; Packer gets none then
         credentials = {}
     result: ValidateResult = validate_family(
-        cfg, family, given_variables(var_args, var_file),
-        region=cfg.region, endpoint=cfg.endpoint_url, credentials=credentials,
+        cfg,
+        family,
+        given_variables(var_args, var_file),
+        region=cfg.region,
+        endpoint=cfg.endpoint_url,
+        credentials=credentials,
     )
     if result.valid:
-        cli.emit(result, f"{result.family}: valid (Packer {result.packer_version}, "
-                         f"sha256 {result.template_digest[:16]})")
+        cli.emit(
+            result,
+            f"{result.family}: valid (Packer {result.packer_version}, "
+            f"sha256 {result.template_digest[:16]})",
+        )
         return
     cli.emit(result, "\n".join(result.errors) if not cli.json else None)
     first = next((e for e in result.errors if " line " in e or ".j2:" in e), None)

@@ -29,9 +29,20 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 FACTORY = [sys.executable, "-m", "factory"]
 HOSTILE_NOTE = 'a"b ${c} %{d} \\e, f'
-REQUIRED_TAGS = (T.FAMILY, T.VERSION, T.BUILD_ID, T.GIT_COMMIT, T.GIT_DIRTY, T.TEMPLATE_DIGEST,
-                 T.SOURCE_AMI, T.PACKER_VERSION, T.FACTORY_VERSION, T.STATUS, T.CREATED_AT,
-                 T.DEDUPE_KEY)
+REQUIRED_TAGS = (
+    T.FAMILY,
+    T.VERSION,
+    T.BUILD_ID,
+    T.GIT_COMMIT,
+    T.GIT_DIRTY,
+    T.TEMPLATE_DIGEST,
+    T.SOURCE_AMI,
+    T.PACKER_VERSION,
+    T.FACTORY_VERSION,
+    T.STATUS,
+    T.CREATED_AT,
+    T.DEDUPE_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -41,20 +52,34 @@ class Project:
     clients: AwsClients
     endpoint: str
 
-    def run(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*FACTORY, "--config", str(self.config), *args], capture_output=True,
-                              text=True, timeout=timeout, cwd=self.root, env=env or dict(os.environ),
-                              check=False)
+    def run(
+        self, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*FACTORY, "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            env=env or dict(os.environ),
+            check=False,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([*FACTORY, "--config", str(self.config), *args], cwd=self.root,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [*FACTORY, "--config", str(self.config), *args],
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def faults(self, specs: list[dict[str, Any]]) -> None:
-        request = urllib.request.Request(f"{self.endpoint}/_localcloud/faults", method="POST",
-                                         data=json.dumps(specs).encode())
-        urllib.request.urlopen(request, timeout=10).read()  # noqa: S310 - local endpoint
+        request = urllib.request.Request(
+            f"{self.endpoint}/_localcloud/faults", method="POST", data=json.dumps(specs).encode()
+        )
+        urllib.request.urlopen(request, timeout=10).read()
 
 
 def _project(root: Path, templates: Path, local_cloud: Any) -> Project:
@@ -70,7 +95,9 @@ def _project(root: Path, templates: Path, local_cloud: Any) -> Project:
 
 @pytest.fixture(scope="module")
 def smoke(local_cloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    project = _project(tmp_path_factory.mktemp("smoke"), REPO / "tests/fixtures/templates", local_cloud)
+    project = _project(
+        tmp_path_factory.mktemp("smoke"), REPO / "tests/fixtures/templates", local_cloud
+    )
     yield project
     project.faults([])
 
@@ -80,16 +107,24 @@ def _image(clients: AwsClients, ami_id: str) -> dict[str, Any]:
 
 
 def _live_instances(clients: AwsClients, build_id: str) -> list[str]:
-    reservations = clients.client("ec2").describe_instances(Filters=[
-        {"Name": f"tag:{T.BUILD_ID}", "Values": [build_id]},
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-    ])["Reservations"]
+    reservations = clients.client("ec2").describe_instances(
+        Filters=[
+            {"Name": f"tag:{T.BUILD_ID}", "Values": [build_id]},
+            {
+                "Name": "instance-state-name",
+                "Values": ["pending", "running", "stopping", "stopped"],
+            },
+        ]
+    )["Reservations"]
     return [i["InstanceId"] for r in reservations for i in r["Instances"]]
 
 
 def _images_of(clients: AwsClients, build_id: str) -> list[dict[str, Any]]:
-    return list(clients.client("ec2").describe_images(
-        Owners=["self"], Filters=[{"Name": f"tag:{T.BUILD_ID}", "Values": [build_id]}])["Images"])
+    return list(
+        clients.client("ec2").describe_images(
+            Owners=["self"], Filters=[{"Name": f"tag:{T.BUILD_ID}", "Values": [build_id]}]
+        )["Images"]
+    )
 
 
 def _key_pairs(clients: AwsClients, build_id: str) -> list[str]:
@@ -105,10 +140,14 @@ def _build_json(project: Project, *args: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def first_build(smoke: Project) -> dict[str, Any]:
-    return _build_json(smoke, "--var", f"note={HOSTILE_NOTE}", "--var", 'extra_tags={"team": "x,y"}')
+    return _build_json(
+        smoke, "--var", f"note={HOSTILE_NOTE}", "--var", 'extra_tags={"team": "x,y"}'
+    )
 
 
-def test_build_tags_the_ami_and_snapshots_candidate(smoke: Project, first_build: dict[str, Any]) -> None:
+def test_build_tags_the_ami_and_snapshots_candidate(
+    smoke: Project, first_build: dict[str, Any]
+) -> None:
     assert first_build["status"] == "built"
     (built,) = first_build["images"]
     image = _image(smoke.clients, built["ami_id"])
@@ -130,17 +169,23 @@ def test_build_tags_the_ami_and_snapshots_candidate(smoke: Project, first_build:
     assert tags_dict(snap["Tags"])[T.STATUS] == "candidate"
 
 
-def test_build_dir_has_its_own_manifest_log_and_no_credentials(smoke: Project, first_build: dict[str, Any]) -> None:
+def test_build_dir_has_its_own_manifest_log_and_no_credentials(
+    smoke: Project, first_build: dict[str, Any]
+) -> None:
     build_dir = Path(first_build["build_dir"])
     manifest = json.loads((build_dir / "manifest.json").read_text())
-    assert [b["artifact_id"] for b in manifest["builds"]] == [f"us-east-1:{first_build['images'][0]['ami_id']}"]
+    assert [b["artifact_id"] for b in manifest["builds"]] == [
+        f"us-east-1:{first_build['images'][0]['ami_id']}"
+    ]
     assert "amazon-ebs.smoke" in (build_dir / "packer.log").read_text()
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     for path in build_dir.rglob("*"):
         if path.is_file():
             assert secret not in path.read_text(errors="replace"), path
     hcl_file = build_dir / "image.pkr.hcl"
-    fmt = subprocess.run(["packer", "fmt", "-check", str(hcl_file)], capture_output=True, check=False)
+    fmt = subprocess.run(
+        ["packer", "fmt", "-check", str(hcl_file)], capture_output=True, check=False
+    )
     assert fmt.returncode == 0
 
 
@@ -149,23 +194,30 @@ def test_nothing_of_the_build_is_left_running(smoke: Project, first_build: dict[
     assert _key_pairs(smoke.clients, first_build["build_id"]) == []
 
 
-def test_unchanged_inputs_reuse_the_verified_image_unless_rebuild(smoke: Project, first_build: dict[str, Any]) -> None:
-    second = _build_json(smoke, "--var", f"note={HOSTILE_NOTE}", "--var", 'extra_tags={"team": "x,y"}')
+def test_unchanged_inputs_reuse_the_verified_image_unless_rebuild(
+    smoke: Project, first_build: dict[str, Any]
+) -> None:
+    second = _build_json(
+        smoke, "--var", f"note={HOSTILE_NOTE}", "--var", 'extra_tags={"team": "x,y"}'
+    )
     assert second["status"] == "built"  # the first is only a candidate: no reuse yet
     assert second["build_id"] != first_build["build_id"]
     assert second["name"] != first_build["name"]
     assert second["dedupe_key"] == first_build["dedupe_key"]
     verified = second["images"][0]["ami_id"]
-    smoke.clients.client("ec2").create_tags(Resources=[verified],
-                                            Tags=[{"Key": T.STATUS, "Value": "verified"}])
-    reused = smoke.run("build", "smoke", "--var", f"note={HOSTILE_NOTE}", "--var",
-                       'extra_tags={"team": "x,y"}')
+    smoke.clients.client("ec2").create_tags(
+        Resources=[verified], Tags=[{"Key": T.STATUS, "Value": "verified"}]
+    )
+    reused = smoke.run(
+        "build", "smoke", "--var", f"note={HOSTILE_NOTE}", "--var", 'extra_tags={"team": "x,y"}'
+    )
     assert reused.returncode == 0, reused.stderr
     assert reused.stdout.startswith(f"{verified}  reused")
     different = _build_json(smoke, "--var", "note=other")
     assert different["status"] == "built" and different["dedupe_key"] != first_build["dedupe_key"]
-    forced = _build_json(smoke, "--rebuild", "--var", f"note={HOSTILE_NOTE}", "--var",
-                         'extra_tags={"team": "x,y"}')
+    forced = _build_json(
+        smoke, "--rebuild", "--var", f"note={HOSTILE_NOTE}", "--var", 'extra_tags={"team": "x,y"}'
+    )
     assert forced["status"] == "built" and forced["images"][0]["ami_id"] != verified
 
 
@@ -194,7 +246,7 @@ def test_failed_build_reports_packers_error_and_tags_nothing(smoke: Project) -> 
     assert any("UnauthorizedOperation" in line for line in outcome["errors"])
     assert _live_instances(smoke.clients, outcome["build_id"]) == []
     assert _key_pairs(smoke.clients, outcome["build_id"]) == []
-    assert [i for i in _images_of(smoke.clients, outcome["build_id"])] == []
+    assert _images_of(smoke.clients, outcome["build_id"]) == []
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -217,7 +269,7 @@ def test_signals_stop_packer_and_leave_nothing(smoke: Project, signum: int, code
             if "Stopping the source instance" in line:
                 proc.send_signal(signum)
                 break
-        rest_out, rest_err = proc.communicate(timeout=180)
+        _, rest_err = proc.communicate(timeout=180)
     finally:
         smoke.faults([])
     assert proc.returncode == code, "".join(lines) + rest_err
@@ -225,8 +277,11 @@ def test_signals_stop_packer_and_leave_nothing(smoke: Project, signum: int, code
     assert "interrupted" in rest_err
     assert _live_instances(smoke.clients, build_id) == []
     assert _key_pairs(smoke.clients, build_id) == []
-    assert [tags_dict(i.get("Tags")).get(T.STATUS) for i in _images_of(smoke.clients, build_id)
-            if tags_dict(i.get("Tags")).get(T.STATUS) == "candidate"] == []
+    assert [
+        tags_dict(i.get("Tags")).get(T.STATUS)
+        for i in _images_of(smoke.clients, build_id)
+        if tags_dict(i.get("Tags")).get(T.STATUS) == "candidate"
+    ] == []
 
 
 def test_render_list_vars_and_bad_input(smoke: Project) -> None:
@@ -259,15 +314,23 @@ def test_validate_names_the_templates_own_line(smoke: Project) -> None:
     bad = smoke.run("validate", "broken")
     assert bad.returncode == 1
     template = REPO / "tests/fixtures/templates/broken/image.pkr.hcl.j2"
-    line = next(n for n, text in enumerate(template.read_text().splitlines(), 1) if "no_such_setting" in text)
+    line = next(
+        n
+        for n, text in enumerate(template.read_text().splitlines(), 1)
+        if "no_such_setting" in text
+    )
     assert f"{template}:{line}" in bad.stdout + bad.stderr
     assert "no_such_setting" in bad.stdout
 
 
 def test_bad_setup_is_a_one_line_error(smoke: Project) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
-               AWS_REGION="us-east-1")
+    env.update(
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="y",
+        AWS_REGION="us-east-1",
+    )
     for env_change, message in [
         ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach"),
         ({"PATH": "/nonexistent"}, "packer not found"),
@@ -275,17 +338,35 @@ def test_bad_setup_is_a_one_line_error(smoke: Project) -> None:
         run_env = {**os.environ, **env_change}
         if "PATH" in env_change:
             run_env["PATH"] = "/nonexistent"
-        result = subprocess.run([*FACTORY, "--config", str(smoke.config), "build", "smoke"],
-                                capture_output=True, text=True, env=run_env, check=False, timeout=120)
+        result = subprocess.run(
+            [*FACTORY, "--config", str(smoke.config), "build", "smoke"],
+            capture_output=True,
+            text=True,
+            env=run_env,
+            check=False,
+            timeout=120,
+        )
         assert result.returncode == 2, result.stderr
         assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    no_creds = {k: v for k, v in os.environ.items()
-                if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")}
-    no_creds.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
-                    AWS_EC2_METADATA_DISABLED="true")
-    result = subprocess.run([*FACTORY, "--config", str(smoke.config), "build", "smoke"],
-                            capture_output=True, text=True, env=no_creds, check=False, timeout=120)
+    no_creds = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
+    }
+    no_creds.update(
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    result = subprocess.run(
+        [*FACTORY, "--config", str(smoke.config), "build", "smoke"],
+        capture_output=True,
+        text=True,
+        env=no_creds,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 2 and "no AWS credentials" in result.stderr, result.stderr
 
 
@@ -304,7 +385,9 @@ def base_build(real: Project) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-def test_base_builds_over_ssh_from_the_owner_pinned_debian_image(real: Project, base_build: dict[str, Any]) -> None:
+def test_base_builds_over_ssh_from_the_owner_pinned_debian_image(
+    real: Project, base_build: dict[str, Any]
+) -> None:
     image = _image(real.clients, base_build["images"][0]["ami_id"])
     source = _image(real.clients, base_build["source_ami"])
     assert source["OwnerId"] == "136693071363" and source["Name"].startswith("debian-12-amd64-")
@@ -329,8 +412,13 @@ def test_app_refuses_a_revoked_or_unverified_base_and_builds_on_the_verified_one
     app_ami = app["images"][0]["ami_id"]
     assert tags_dict(_image(real.clients, app_ami)["Tags"])[T.SOURCE_AMI] == base_ami
     _check_app_service(real, app_ami, app)
-    ec2.create_tags(Resources=[base_ami], Tags=[{"Key": T.STATUS, "Value": "revoked"},
-                                                {"Key": T.REVOKED_AT, "Value": "2026-01-01T00:00:00Z"}])
+    ec2.create_tags(
+        Resources=[base_ami],
+        Tags=[
+            {"Key": T.STATUS, "Value": "revoked"},
+            {"Key": T.REVOKED_AT, "Value": "2026-01-01T00:00:00Z"},
+        ],
+    )
     try:
         refused = real.run("build", "app", "--rebuild")
         assert refused.returncode == 2 and "no verified base" in refused.stderr, refused.stderr
@@ -346,19 +434,22 @@ def _check_app_service(real: Project, app_ami: str, app: dict[str, Any]) -> None
         # what systemd's rc-local compatibility does at boot on an instance without systemd
         "#!/bin/sh\n/etc/rc.local\n"
     )
-    instance = ec2.run_instances(ImageId=app_ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
-                                 UserData=user_data)["Instances"][0]  # boto3 base64-encodes it
+    instance = ec2.run_instances(
+        ImageId=app_ami, MinCount=1, MaxCount=1, InstanceType="t3.micro", UserData=user_data
+    )["Instances"][0]  # boto3 base64-encodes it
     instance_id = instance["InstanceId"]
     try:
         address = None
         body = ""
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+            described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+                "Instances"
+            ][0]
             address = described.get("PrivateIpAddress")
             if address and described["State"]["Name"] == "running":
                 try:
-                    with urllib.request.urlopen(f"http://{address}:8080/", timeout=2) as response:  # noqa: S310
+                    with urllib.request.urlopen(f"http://{address}:8080/", timeout=2) as response:
                         body = response.read().decode()
                     break
                 except OSError:
@@ -366,7 +457,7 @@ def _check_app_service(real: Project, app_ami: str, app: dict[str, Any]) -> None
             time.sleep(0.5)
         assert "FACTORY_FAMILY=app" in body, body
         assert f"FACTORY_BUILD_ID={app['build_id']}" in body
-        with urllib.request.urlopen(f"http://{address}:8080/health", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://{address}:8080/health", timeout=2) as response:
             assert response.read() == b"ok\n"
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from imagekit import register, register_factory_image
 from moto import mock_aws
 
 from factory import tags as T
@@ -29,12 +31,12 @@ from factory.build import (
 from factory.errors import ConfigError, RefusedError
 from factory.git import GitState
 from factory.packer import PackerVersion
-from factory.render import RenderSettings, load_family, render, resolve_variables
-from imagekit import register, register_factory_image
+from factory.render import RenderSettings, SourceSpec, load_family, render, resolve_variables
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
 PROVISIONERS = REPO / "provisioners"
+OLD_PACKER = PackerVersion(1, 6, 6)
 NOW = datetime(2026, 11, 24, 17, 0, 59, tzinfo=UTC)
 
 
@@ -47,19 +49,35 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
         yield AwsClients(AwsTarget("us-east-1"))
 
 
-def _plan(tmp_path: Path, *, source: str = "ami-0source", reusable: str | None = None,
-          rebuild: bool = False, suffix: str = "abc123", given: dict[str, str] | None = None,
-          packer: PackerVersion = PackerVersion(1, 6, 6)) -> BuildPlan:
+def _plan(
+    tmp_path: Path,
+    *,
+    source: str = "ami-0source",
+    reusable: str | None = None,
+    rebuild: bool = False,
+    suffix: str = "abc123",
+    given: dict[str, str] | None = None,
+    packer: PackerVersion = OLD_PACKER,
+) -> BuildPlan:
     family = load_family(TEMPLATES, "base")
     variables = resolve_variables(family, given or {})
     rendered = render(family, variables, RenderSettings(packer.plugins, True, "us-east-1"))
     return plan_build(
-        family=family, rendered=rendered, variables=variables,
+        family=family,
+        rendered=rendered,
+        variables=variables,
         provisioners=provisioner_files(PROVISIONERS, family.provisioners),
-        provisioners_dir=PROVISIONERS, source=SourceImage(source, "debian-12-amd64-x", "136693071363"),
-        packer_version=packer, git=GitState("f" * 40, True), region="us-east-1",
-        endpoint="http://127.0.0.1:5000", build_root=tmp_path / "builds", now=NOW,
-        reusable_ami=reusable, rebuild=rebuild, suffix=suffix,
+        provisioners_dir=PROVISIONERS,
+        source=SourceImage(source, "debian-12-amd64-x", "136693071363"),
+        packer_version=packer,
+        git=GitState("f" * 40, True),
+        region="us-east-1",
+        endpoint="http://127.0.0.1:5000",
+        build_root=tmp_path / "builds",
+        now=NOW,
+        reusable_ami=reusable,
+        rebuild=rebuild,
+        suffix=suffix,
     )
 
 
@@ -121,12 +139,13 @@ def test_build_dir_holds_hcl_vars_and_provisioners_but_no_credentials(tmp_path: 
     assert f'build_id   = "{plan.build_id}"' in text
     assert '"factory:status" = "building"' in text
     assert 'endpoint   = "http://127.0.0.1:5000"' in text
-    copied = sorted(p.relative_to(build_dir / "provisioners").as_posix()
-                    for p in (build_dir / "provisioners").rglob("*.sh"))
+    copied = sorted(
+        p.relative_to(build_dir / "provisioners").as_posix()
+        for p in (build_dir / "provisioners").rglob("*.sh")
+    )
     assert copied == sorted(f.path for f in plan.provisioners)
     everything = "".join(p.read_text() for p in build_dir.rglob("*") if p.is_file())
-    assert "testing" not in everything and "SECRET" not in everything.upper().replace(
-        "FACTORY", "")
+    assert "testing" not in everything and "SECRET" not in everything.upper().replace("FACTORY", "")
 
 
 def test_missing_provisioner_folder_is_a_config_error(tmp_path: Path) -> None:
@@ -139,10 +158,6 @@ def test_source_filter_takes_the_newest_match(aws: AwsClients) -> None:
     older = register(aws, "debian-12-amd64-a", {})
     newer = register(aws, "debian-12-amd64-b", {})
     family = load_family(TEMPLATES, "base")
-    from dataclasses import replace
-
-    from factory.render import SourceSpec
-
     family = replace(family, source=SourceSpec((aws.account_id,), "debian-12-amd64-*"))
     resolved = resolve_source(aws, family)
     assert resolved.ami_id in {older, newer}
@@ -206,25 +221,37 @@ def test_tag_candidates_tags_images_and_snapshots(aws: AwsClients, tmp_path: Pat
 def test_sweep_removes_what_a_build_left(aws: AwsClients) -> None:
     ec2 = aws.client("ec2")
     build_id = "base-20261124-170059-abc123"
-    group = ec2.create_security_group(GroupName="packer_123", Description="Temporary group")["GroupId"]
+    group = ec2.create_security_group(GroupName="packer_123", Description="Temporary group")[
+        "GroupId"
+    ]
     ec2.create_key_pair(KeyName=f"factory-{build_id}")
     image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     instance = ec2.run_instances(
-        ImageId=image_id, MinCount=1, MaxCount=1, SecurityGroupIds=[group],
-        TagSpecifications=[{"ResourceType": "instance",
-                            "Tags": [{"Key": T.BUILD_ID, "Value": build_id}]}],
+        ImageId=image_id,
+        MinCount=1,
+        MaxCount=1,
+        SecurityGroupIds=[group],
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": T.BUILD_ID, "Value": build_id}]}
+        ],
     )["Instances"][0]["InstanceId"]
-    other = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    other = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
     leftover_ami = register(aws, "base-partial", {T.BUILD_ID: build_id, T.STATUS: "building"})
     report = sweep_build(aws, build_id)
     assert report.instances == (instance,)
     assert report.key_pairs == (f"factory-{build_id}",)
     assert report.images == (leftover_ami,)
-    states = {i["InstanceId"]: i["State"]["Name"]
-              for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    states = {
+        i["InstanceId"]: i["State"]["Name"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
     assert states[instance] == "terminated"
     assert states[other] == "running"
     assert not ec2.describe_key_pairs()["KeyPairs"]
     assert ec2.describe_images(Owners=["self"], ImageIds=[]).get("Images", []) == [] or all(
-        i["ImageId"] != leftover_ami for i in ec2.describe_images(Owners=["self"])["Images"])
+        i["ImageId"] != leftover_ami for i in ec2.describe_images(Owners=["self"])["Images"]
+    )
     assert sweep_build(aws, build_id).instances == ()  # idempotent

@@ -30,7 +30,12 @@ from factory.packer import (
     [
         ("Packer v1.6.6\n", "1.6.6", False),
         ("Packer v1.7.0", "1.7.0", True),
-        ("Packer v1.11.2\n\nYour version of Packer is out of date! The latest version\nis 1.12.0.", "1.11.2", True),
+        (
+            "Packer v1.11.2\n\nYour version of Packer is out of date! The latest version\n"
+            "is 1.12.0.",
+            "1.11.2",
+            True,
+        ),
         ("1.10.3", "1.10.3", True),
         ("Packer v1.6.10", "1.6.10", False),
     ],
@@ -48,8 +53,13 @@ def test_unreadable_version_is_a_config_error() -> None:
 
 def test_argv_carries_no_credentials(tmp_path: Path) -> None:
     argv = build_argv(tmp_path / "image.pkr.hcl", tmp_path / "build.pkrvars.hcl")
-    assert argv == ["packer", "build", "-machine-readable", f"-var-file={tmp_path}/build.pkrvars.hcl",
-                    f"{tmp_path}/image.pkr.hcl"]
+    assert argv == [
+        "packer",
+        "build",
+        "-machine-readable",
+        f"-var-file={tmp_path}/build.pkrvars.hcl",
+        f"{tmp_path}/image.pkr.hcl",
+    ]
     assert validate_argv(tmp_path / "t.pkr.hcl")[:2] == ["packer", "validate"]
     env = packer_env({"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
     assert env["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"
@@ -58,13 +68,19 @@ def test_argv_carries_no_credentials(tmp_path: Path) -> None:
 
 
 def test_commas_are_unescaped() -> None:
-    event = parse_line("1795539288,,ui,say,==> amazon-ebs.x: No volumes to clean up%!(PACKER_COMMA) skipping")
-    assert event == Event(1795539288, "", "ui", ("say", "==> amazon-ebs.x: No volumes to clean up, skipping"))
+    event = parse_line(
+        "1795539288,,ui,say,==> amazon-ebs.x: No volumes to clean up%!(PACKER_COMMA) skipping"
+    )
+    assert event == Event(
+        1795539288, "", "ui", ("say", "==> amazon-ebs.x: No volumes to clean up, skipping")
+    )
     assert progress_text(event) == "amazon-ebs.x: No volumes to clean up, skipping"
 
 
 def test_data_fields_split_on_real_commas() -> None:
-    event = parse_line("1795539288,amazon-ebs.x,artifact,0,id,us-east-1:ami-1%!(PACKER_COMMA)us-west-2:ami-2")
+    event = parse_line(
+        "1795539288,amazon-ebs.x,artifact,0,id,us-east-1:ami-1%!(PACKER_COMMA)us-west-2:ami-2"
+    )
     assert event is not None
     assert event.target == "amazon-ebs.x"
     assert event.type == "artifact"
@@ -77,12 +93,14 @@ def test_escaped_newlines_become_lines() -> None:
 
 
 def test_lines_without_a_timestamp_continue_the_previous_event() -> None:
-    events = parse_events([
-        "1,,ui,message,    amazon-ebs.x: first",
-        "second line, with a comma",
-        "third",
-        "2,,ui,say,next",
-    ])
+    events = parse_events(
+        [
+            "1,,ui,message,    amazon-ebs.x: first",
+            "second line, with a comma",
+            "third",
+            "2,,ui,say,next",
+        ]
+    )
     assert [e.ui_text for e in events] == [
         "    amazon-ebs.x: first\nsecond line, with a comma\nthird",
         "next",
@@ -115,7 +133,7 @@ REAL_FAILURE = """\
 1795539288,,ui,error,\\n==> Some builds didn't complete successfully and had errors:
 1795539288,,ui,error,--> amazon-ebs.smoke: Error creating AMI: UnauthorizedOperation: injected fault
 1795539288,,ui,say,\\n==> Builds finished but no artifacts were created.
-"""
+"""  # noqa: E501 - real Packer output lines
 
 
 def test_error_lines_are_packers_own_without_noise() -> None:
@@ -129,7 +147,10 @@ def test_error_lines_are_packers_own_without_noise() -> None:
 
 
 def test_error_lines_fall_back_to_stderr_and_plain_stdout() -> None:
-    stdout = "Error: Unsupported argument\n\n  on image.pkr.hcl line 42:\n  (source code not available)\n"
+    stdout = (
+        "Error: Unsupported argument\n\n  on image.pkr.hcl line 42:\n"
+        "  (source code not available)\n"
+    )
     lines = error_lines((), "", stdout)
     assert lines == ["Error: Unsupported argument", "on image.pkr.hcl line 42:"]
     assert error_lines((), "Failed to parse template: x\n") == ["Failed to parse template: x"]
@@ -145,10 +166,18 @@ def test_error_lines_point_at_the_template() -> None:
 
 MANIFEST = {
     "builds": [
-        {"name": "base", "builder_type": "amazon-ebs", "artifact_id": "us-east-1:ami-old",
-         "packer_run_uuid": "run-1"},
-        {"name": "base", "builder_type": "amazon-ebs",
-         "artifact_id": "us-east-1:ami-0abc,eu-west-1:ami-0def", "packer_run_uuid": "run-2"},
+        {
+            "name": "base",
+            "builder_type": "amazon-ebs",
+            "artifact_id": "us-east-1:ami-old",
+            "packer_run_uuid": "run-1",
+        },
+        {
+            "name": "base",
+            "builder_type": "amazon-ebs",
+            "artifact_id": "us-east-1:ami-0abc,eu-west-1:ami-0def",
+            "packer_run_uuid": "run-2",
+        },
     ],
     "last_run_uuid": "run-2",
 }
@@ -156,7 +185,10 @@ MANIFEST = {
 
 def test_manifest_gives_the_last_runs_amis(tmp_path: Path) -> None:
     images = parse_manifest(json.dumps(MANIFEST))
-    assert [(i.region, i.ami_id) for i in images] == [("us-east-1", "ami-0abc"), ("eu-west-1", "ami-0def")]
+    assert [(i.region, i.ami_id) for i in images] == [
+        ("us-east-1", "ami-0abc"),
+        ("eu-west-1", "ami-0def"),
+    ]
     assert [i.ami_id for i in parse_manifest(json.dumps(MANIFEST), "run-1")] == ["ami-old"]
     path = tmp_path / "manifest.json"
     assert read_manifest(path) == ()

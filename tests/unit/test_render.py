@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 PACKER = shutil.which("packer")
 
 HOSTILE = [
-    'plain',
+    "plain",
     'quote " inside',
     "back\\slash\\",
     "${var.secret}",
@@ -94,14 +95,18 @@ def test_hostile_values_round_trip_through_packer(value: str, tmp_path: Path) ->
     """Packer itself reads the quoted value back unchanged: nothing is interpolated or injected."""
     # a null byte cannot be an AWS tag but must still be quoted safely
     (tmp_path / "t.pkr.hcl").write_text(
-        f'locals {{\n  v = {hcl(value)}\n}}\n\nsource "null" "x" {{\n  communicator = "none"\n}}\n\n'
+        f"locals {{\n  v = {hcl(value)}\n}}\n\n"
+        'source "null" "x" {\n  communicator = "none"\n}\n\n'
         'build {\n  sources = ["source.null.x"]\n\n  provisioner "shell-local" {\n'
         '    inline = ["printf %s \\"${base64encode(local.v)}\\" > out.b64"]\n  }\n}\n'
     )
-    subprocess.run([PACKER, "build", "t.pkr.hcl"], cwd=tmp_path, check=True, capture_output=True,
-                   env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
-    import base64
-
+    subprocess.run(
+        [PACKER, "build", "t.pkr.hcl"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)},
+    )
     assert base64.b64decode((tmp_path / "out.b64").read_text()).decode() == value
 
 
@@ -134,7 +139,9 @@ def test_map_and_list_variables_are_quoted() -> None:
 def test_unquoted_output_is_refused(tmp_path: Path) -> None:
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "image.pkr.hcl.j2").write_text('x = "{{ var.name }}"\n')
-    (tmp_path / "evil" / "family.toml").write_text('[variables.name]\ntype = "string"\ndefault = "a"\n')
+    (tmp_path / "evil" / "family.toml").write_text(
+        '[variables.name]\ntype = "string"\ndefault = "a"\n'
+    )
     family = load_family(tmp_path, "evil")
     with pytest.raises(ConfigError, match="without the hcl filter"):
         render(family, resolve_variables(family, {}), _settings())
@@ -149,7 +156,8 @@ def test_undefined_names_are_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["../etc", "base/../app", "/etc", ".", "..", "Base", "a b", "-x", "", "_common", "a" * 64]
+    "name",
+    ["../etc", "base/../app", "/etc", ".", "..", "Base", "a b", "-x", "", "_common", "a" * 64],
 )
 def test_unsafe_family_names_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="invalid family name"):
@@ -257,14 +265,25 @@ GOLDEN_CASES = [
     ("base", "base-1.6.6.pkr.hcl", {}, False, True),
     ("base", "base-1.11.pkr.hcl", {}, True, False),
     ("app", "app-1.6.6.pkr.hcl", {}, False, True),
-    ("base", "base-hostile.pkr.hcl",
-     {"description": '"} evil ${x} %{y}\nz', "extra_tags": '{"a\\"": "${b}"}'}, False, True),
+    (
+        "base",
+        "base-hostile.pkr.hcl",
+        {"description": '"} evil ${x} %{y}\nz', "extra_tags": '{"a\\"": "${b}"}'},
+        False,
+        True,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("family_name", "golden", "given", "plugins", "endpoint"), GOLDEN_CASES)
-def test_golden_hcl(family_name: str, golden: str, given: dict[str, str], plugins: bool,
-                    endpoint: bool, request: pytest.FixtureRequest) -> None:
+def test_golden_hcl(
+    family_name: str,
+    golden: str,
+    given: dict[str, str],
+    plugins: bool,
+    endpoint: bool,
+    request: pytest.FixtureRequest,
+) -> None:
     family = load_family(TEMPLATES, family_name)
     rendered = render(family, resolve_variables(family, given), _settings(plugins, endpoint))
     path = GOLDEN / golden
@@ -276,14 +295,21 @@ def test_golden_hcl(family_name: str, golden: str, given: dict[str, str], plugin
 @pytest.mark.skipif(PACKER is None, reason="needs packer")
 @pytest.mark.parametrize("golden", [c[1] for c in GOLDEN_CASES])
 def test_golden_files_are_packer_fmt_clean(golden: str) -> None:
-    result = subprocess.run([PACKER, "fmt", "-check", str(GOLDEN / golden)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [PACKER, "fmt", "-check", str(GOLDEN / golden)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.skipif(PACKER is None, reason="needs packer")
-@pytest.mark.parametrize("golden", ["base-1.6.6.pkr.hcl", "app-1.6.6.pkr.hcl", "base-hostile.pkr.hcl"])
+@pytest.mark.parametrize(
+    "golden", ["base-1.6.6.pkr.hcl", "app-1.6.6.pkr.hcl", "base-hostile.pkr.hcl"]
+)
 def test_golden_files_parse_in_this_packer(golden: str) -> None:
-    result = subprocess.run([PACKER, "validate", "-syntax-only", str(GOLDEN / golden)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [PACKER, "validate", "-syntax-only", str(GOLDEN / golden)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
