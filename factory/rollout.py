@@ -566,6 +566,13 @@ class RolloutResult:
         return self.status in ("Successful", "UpToDate", "Pending", "InProgress", "DryRun")
 
 
+def estimated_total(state: RefreshStatus) -> int:
+    """Instances the refresh replaces in all: the API gives only those left and a percentage."""
+    if 0 < state.percentage < 100:
+        return round(state.instances_to_update * 100 / (100 - state.percentage))
+    return state.instances_to_update
+
+
 def wait_refresh(
     clients: AwsClients,
     group: str,
@@ -574,6 +581,7 @@ def wait_refresh(
     *,
     on_interrupt: InterruptChoice | None = None,
     poller: Poller | None = None,
+    expected_total: int = 0,
 ) -> RefreshStatus:
     """Follow a refresh to its end with a progress bar; Ctrl-C asks `on_interrupt` what to do.
 
@@ -581,7 +589,7 @@ def wait_refresh(
     "detach" leaves it running and raises. Returns the final status.
     """
     poller = poller or Poller()
-    first_to_update: int | None = None
+    total = expected_total
     with progress.task(f"{group}: refresh {refresh_id[:8]}", total=100) as bar:
         cancelling = False
         while True:
@@ -591,10 +599,9 @@ def wait_refresh(
                 poller.saw(
                     (state.status, state.percentage, state.instances_to_update, state.reason)
                 )
-                if first_to_update is None or state.instances_to_update > first_to_update:
-                    first_to_update = state.instances_to_update
-                replaced = first_to_update - state.instances_to_update
-                line = f"{state.status} {state.percentage}% {replaced}/{first_to_update} replaced"
+                total = max(total, estimated_total(state))
+                replaced = max(0, total - state.instances_to_update)
+                line = f"{state.status} {state.percentage}% {replaced}/{total} replaced"
                 if state.status.startswith("Rollback") and state.rollback_percentage is not None:
                     line += f" (rollback {state.rollback_percentage}%)"
                 if state.reason:
@@ -736,7 +743,13 @@ def apply_rollout(
     if not wait:
         return replace(base, api_calls=clients.counter.total - calls_before)
     final = wait_refresh(
-        clients, plan.group, refresh_id, progress, on_interrupt=on_interrupt, poller=poller
+        clients,
+        plan.group,
+        refresh_id,
+        progress,
+        on_interrupt=on_interrupt,
+        poller=poller,
+        expected_total=plan.instances_to_replace,
     )
     result = finish(clients, base, final)
     if result.status == "Successful" and verify_live is not None:

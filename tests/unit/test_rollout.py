@@ -23,6 +23,7 @@ from factory.rollout import (
     RolloutFailed,
     RolloutResult,
     batch_bound,
+    estimated_total,
     plan_rollout,
     previous_version,
     raise_if_failed,
@@ -287,3 +288,11 @@ def test_cli_rollout_defaults_to_start() -> None:
         cli, ["rollout", "web", "--fleet", "fleet.toml"], standalone_mode=False
     )
     assert "drop ASG" in fleet_and_group.exception.message  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("percentage", "left", "total"), [(0, 4, 4), (50, 2, 4), (25, 6, 8), (100, 0, 0)]
+)
+def test_estimated_total(percentage: int, left: int, total: int) -> None:
+    state = RefreshStatus("r", "g", "InProgress", "", percentage, left, None, None, None)
+    assert estimated_total(state) == total
