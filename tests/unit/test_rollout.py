@@ -13,6 +13,7 @@ from factory import verify
 from factory.cli import cli
 from factory.errors import ConfigError, RefusedError
 from factory.rollout import (
+    POLL_LAG,
     POLL_MAX,
     GroupFacts,
     ImageFacts,
@@ -223,13 +224,16 @@ class FakeClock:
 def test_poller_never_more_than_once_a_second_and_backs_off() -> None:
     fake = FakeClock()
     poller = Poller(clock=fake.clock, sleep=fake.sleep)
-    for _ in range(12):
+    for _ in range(200):
         poller.wait()
         fake.calls.append(fake.now)
         poller.saw("same")
     gaps = [b - a for a, b in zip(fake.calls, fake.calls[1:], strict=False)]
     assert min(gaps) >= 1.0
-    assert gaps[-1] == pytest.approx(POLL_MAX)  # backed off to the ceiling
+    assert gaps[:15] == [1.0] * 15  # a short refresh is followed every second
+    assert gaps[-1] == pytest.approx(POLL_MAX)  # a long one backs off to the ceiling
+    for at, gap in zip(fake.calls, gaps, strict=False):
+        assert gap <= max(1.0, POLL_LAG * at) + 1e-9  # never late by more than 5% of the time
     poller.saw("changed")
     before = fake.now
     poller.wait()
