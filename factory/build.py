@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from factory.packer import (
     validate_argv,
 )
 from factory.process import run
+from factory.provenance import BuildFacts, file_digests
 from factory.render import (
     Family,
     Rendered,
@@ -648,6 +649,30 @@ def require_built(result: BuildResult) -> None:
         raise PackerError(
             f"build {result.build_id} failed: {' | '.join(lines)} (log: {result.log_file})"
         )
+
+
+def build_facts(plan: BuildPlan, result: BuildResult, repo_root: Path) -> BuildFacts:
+    """What provenance's `record_build` needs about a finished build (paths repo-relative)."""
+    files = file_digests(repo_root, list(plan.template_files), "template")
+    if plan.provisioners_dir is not None:
+        files += file_digests(
+            repo_root, [plan.provisioners_dir / p.path for p in plan.provisioners], "provisioner"
+        )
+    created = datetime.fromisoformat(plan.image_tags[T.CREATED_AT])
+    return BuildFacts(
+        family=plan.family,
+        version=plan.version,
+        build_id=plan.build_id,
+        source_ami=plan.source_ami,
+        files=files,
+        git_commit=plan.git_commit,
+        git_dirty=plan.git_dirty,
+        packer_version=plan.packer_version,
+        factory_version=__version__,
+        template_digest=plan.template_digest,
+        started_at=created,
+        finished_at=created + timedelta(seconds=result.seconds),
+    )
 
 
 # ---- the whole stage -------------------------------------------------------------------------

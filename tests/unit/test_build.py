@@ -15,8 +15,10 @@ from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tags_dict
 from factory.build import (
     BuildPlan,
+    BuildResult,
     ProvisionerFile,
     SourceImage,
+    build_facts,
     dedupe_key,
     find_reusable,
     new_build_id,
@@ -255,3 +257,31 @@ def test_sweep_removes_what_a_build_left(aws: AwsClients) -> None:
         i["ImageId"] != leftover_ami for i in ec2.describe_images(Owners=["self"])["Images"]
     )
     assert sweep_build(aws, build_id).instances == ()  # idempotent
+
+
+def test_build_facts_for_provenance(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    result = BuildResult(
+        family="base",
+        build_id=plan.build_id,
+        status="built",
+        version=plan.version,
+        name=plan.ami_name,
+        images=(),
+        source_ami=plan.source_ami,
+        dedupe_key=plan.dedupe_key,
+        template_digest=plan.template_digest,
+        packer_version="1.6.6",
+        build_dir=None,
+        log_file=None,
+        manifest=None,
+        seconds=12.5,
+    )
+    facts = build_facts(plan, result, REPO)
+    paths = {(f.path, f.role) for f in facts.files}
+    assert ("templates/base/image.pkr.hcl.j2", "template") in paths
+    assert ("provisioners/common/90-cleanup.sh", "provisioner") in paths
+    assert facts.template_digest == plan.template_digest
+    assert facts.git_commit == "f" * 40 and facts.git_dirty is True
+    assert facts.finished_at is not None and facts.started_at is not None
+    assert (facts.finished_at - facts.started_at).total_seconds() == 12.5
