@@ -39,6 +39,7 @@ UNSUPPORTED_CODES = frozenset(
     }
 )
 MAX_WORKERS = 16
+MAX_NAMED_VERSIONS = 50  # versions asked for by number in one call
 
 # What this module needs, for the factory's least-privilege policy (infra/).
 PERMISSIONS = (
@@ -266,7 +267,21 @@ def _scan_launch_templates(ec2: Any, scan: _Scan, max_workers: int) -> None:
 
     rest = sorted(lt_id for lt_id in scan.lt_latest if not covered(lt_id))
 
-    def all_versions(lt_id: str) -> None:
+    def other_versions(lt_id: str) -> None:
+        known = {scan.lt_default[lt_id], scan.lt_latest[lt_id]}
+        missing = [str(v) for v in range(1, scan.lt_latest[lt_id] + 1) if v not in known]
+        if len(missing) <= MAX_NAMED_VERSIONS:
+            # ask only for the versions the bulk call did not return (smaller answers)
+            try:
+                found = call(
+                    ec2, "DescribeLaunchTemplateVersions", LaunchTemplateId=lt_id, Versions=missing
+                )
+            except AwsError:
+                pass  # a deleted version number: list what exists instead
+            else:
+                for version in found.get("LaunchTemplateVersions", []):
+                    record(version)
+                return
         for version in paginate(
             ec2,
             "DescribeLaunchTemplateVersions",
@@ -278,7 +293,7 @@ def _scan_launch_templates(ec2: Any, scan: _Scan, max_workers: int) -> None:
 
     if rest:
         with ThreadPoolExecutor(max_workers=max_workers) as pool:
-            list(pool.map(all_versions, rest))
+            list(pool.map(other_versions, rest))
 
 
 def _scan_launch_configurations(autoscaling: Any, scan: _Scan) -> None:
