@@ -194,4 +194,3 @@ def test_calls_grow_with_pages_not_images(aws: None) -> None:
     many = find_in_use([ScanTarget(own)], owner_account=own.account_id)
     assert len(many.usages) == len(few.usages) + 150
     assert many.calls_by_operation == few.calls_by_operation
-
