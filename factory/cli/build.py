@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -10,6 +11,9 @@ import click
 from factory.build import BuildPlan, BuildResult, apply_build, prepare_build, require_built
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.cli.render import given_variables, var_options
+from factory.cli.verify import render_result
+from factory.pipeline import ProvenanceRecord, attest_build, attest_verifications
+from factory.verify import VerifyReport, require_verified, verify_images
 
 
 def plan_text(plan: BuildPlan) -> str:
@@ -54,6 +58,14 @@ def result_text(result: BuildResult) -> str:
     help="Build even if a verified AMI with the same inputs (dedupe key) exists.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (source AMI, digests, reuse) only.")
+@click.option(
+    "--verify", "verify_after", is_flag=True,
+    help="Run `factory verify` on the new AMI right after the build (exit 1 if a test fails).",
+)
+@click.option(
+    "--no-provenance", is_flag=True,
+    help="Do not sign and store provenance (default: every built AMI gets an attestation).",
+)
 @output_option
 @pass_cli
 def build_cmd(
@@ -64,6 +76,8 @@ def build_cmd(
     var_file: Path | None,
     rebuild: bool,
     dry_run: bool,
+    verify_after: bool,
+    no_provenance: bool,
 ) -> None:
     """Render FAMILY, run `packer build`, tag the new AMI and snapshots status=candidate.
 
@@ -77,9 +91,33 @@ def build_cmd(
     if dry_run:
         cli.emit(plan, plan_text(plan))
         return
-    result = apply_build(plan, clients, cli.progress())
-    cli.emit(result, result_text(result))
+    progress = cli.progress()
+    result = apply_build(plan, clients, progress)
     require_built(result)
+    provenance = () if no_provenance else attest_build(cli.config, clients, plan, result, progress)
+    if not verify_after:
+        cli.emit(BuildReport(result, provenance), result_text(result))
+        return
+    results = verify_images(
+        clients, list(result.ami_ids), templates_dir=cli.config.templates_dir,
+        output_dir=cli.config.state_dir / "verify", progress=progress,
+    )
+    if not no_provenance:
+        provenance += attest_verifications(cli.config, clients, results, progress)
+    cli.emit(
+        BuildReport(result, provenance, VerifyReport.of(results)),
+        "\n".join([result_text(result), *(render_result(r) for r in results)]),
+    )
+    require_verified(results)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """`factory build --output json`: the build, its attestations, and the verdict if asked."""
+
+    build: BuildResult
+    provenance: tuple[ProvenanceRecord, ...] = ()
+    verify: VerifyReport | None = None
 
 
 COMMANDS: list[click.Command] = [build_cmd]

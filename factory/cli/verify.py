@@ -8,6 +8,7 @@ from typing import TextIO
 
 import click
 
+from factory.pipeline import attest_verifications
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.verify import (
     DEFAULT_INSTANCE_TYPE,
@@ -105,6 +106,7 @@ def render_plan(plan: VerifyPlan) -> str:
     help="User data for the test instance, as the fleet's launch template would pass it.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (images, suites, digests) only.")
+@click.option("--no-provenance", is_flag=True, help="Do not append a verification attestation.")
 @output_option
 @pass_cli
 def verify_cmd(
@@ -121,6 +123,7 @@ def verify_cmd(
     boot_timeout: float,
     user_data_file: TextIO | None,
     dry_run: bool,
+    no_provenance: bool,
 ) -> None:
     """Launch each AMI, run its testinfra suite over pinned SSH, tag it verified or failed.
 
@@ -151,6 +154,8 @@ def verify_cmd(
     results = apply_verify(
         plan, clients, output_dir=cli.config.state_dir / "verify", progress=cli.progress()
     )
+    if not no_provenance:
+        attest_verifications(cli.config, clients, results, cli.progress())
     report = VerifyReport.of(results)
     cli.emit(report, "\n".join(render_result(r) for r in results))
     require_verified(results)

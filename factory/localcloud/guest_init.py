@@ -279,6 +279,23 @@ def start_user_data(cfg: dict[str, Any]) -> subprocess.Popen[bytes] | None:
     return proc
 
 
+def start_rc_local() -> None:
+    """Run /etc/rc.local at every boot, as systemd's rc-local compatibility unit does."""
+    path = "/etc/rc.local"
+    if not os.access(path, os.X_OK):
+        return
+    console("localcloud: running /etc/rc.local")
+    proc = subprocess.Popen(
+        [path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd="/",
+        start_new_session=True,
+    )
+    threading.Thread(target=_tee_output, args=(proc,), daemon=True).start()
+
+
 def _tee_output(proc: subprocess.Popen[bytes]) -> None:
     assert proc.stdout is not None
     with open("/var/log/cloud-init-output.log", "ab") as log:
@@ -350,6 +367,7 @@ def boot(
     else:
         console(f"localcloud: sshd listening on {cfg['address']}:22")
         status.update(sshd="up")
+    start_rc_local()
     user_data = start_user_data(cfg) if fresh else None
     if user_data is not None:
         status.update(user_data="running")

@@ -61,8 +61,10 @@ def running(host: Any) -> list[str]:
 def http(host: Any, service: dict[str, str], running: list[str]) -> Http:
     if not running:
         pytest.fail(f"the service is not running {BOOT_GRACE:.0f}s after boot")
-    bind = service.get("BIND", "0.0.0.0")
-    return Http(host, "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind, int(service["PORT"]))
+    bind = service.get("BIND", "")
+    if not bind:  # the service binds the instance's own address (what its hostname resolves to)
+        bind = host.check_output("python3 -c 'import socket; print(socket.gethostbyname(socket.gethostname()))'")
+    return Http(host, "127.0.0.1" if bind in ("0.0.0.0", "::") else bind, int(service["PORT"]))
 
 
 def test_service_is_installed_and_enabled(host: Any) -> None:
