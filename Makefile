@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c "import factory" && touch $@
 
 demo: setup
-	@bash bench/../infra/demo.sh
+	@bash infra/demo.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

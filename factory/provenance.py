@@ -905,13 +905,18 @@ def _git_head(repo: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def _bare_digest(value: str | None) -> str | None:
+    """Digests are tagged `sha256:<hex>` but attested as bare hex: compare the hex."""
+    return value.removeprefix("sha256:") if value is not None else None
+
+
 def _check_tags(
     expected: Mapping[str, str], image_tags: Mapping[str, str], out: _Collector
 ) -> None:
     bad = 0
     for key, value in sorted(expected.items()):
         actual = image_tags.get(key)
-        if actual != value:
+        if _bare_digest(actual) != _bare_digest(value):
             bad += 1
             out.fail(f"tag {key}", f"tag {key} is {actual!r} but the attestation says {value!r}")
     if not bad:
