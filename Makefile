@@ -29,8 +29,9 @@ system:
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip 2>/dev/null
-	@$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@echo "installing the virtualenv $(VENV) (log: $(VENV)/install.log)"
+	@$(PY) -m pip install -q --upgrade pip > $(VENV)/install.log 2>&1 || true
+	@$(PY) -m pip install -q -e '.[dev]' >> $(VENV)/install.log 2>&1 || { tail -20 $(VENV)/install.log; exit 1; }
 	@$(PY) -c "import factory" && touch $@
 
 demo: setup
@@ -48,7 +49,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) -m bench.run
+	for b in localcloud build verify provenance rollout retire; do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	-$(FACTORY) local down --state-dir $(STATE)/local 2>/dev/null
