@@ -38,8 +38,12 @@ def attest_build(
     """Sign and store the build attestation of every AMI a build made (not of reused ones)."""
     if result.status != "built":
         return ()
+    try:
+        facts = build_facts(plan, result, config.root)
+    except ConfigError as exc:  # e.g. templates outside the repository: nothing to pin them to
+        progress.warn(f"build provenance not recorded: {exc}")
+        return ()
     signer = signer_from_config(config, clients)
-    facts = build_facts(plan, result, config.root)
     records = []
     for ami_id in result.ami_ids:
         attestation = record_build(clients, signer, ami_id, facts, bucket=config.provenance.bucket)
