@@ -19,7 +19,7 @@ echo "== build + verify: base"
 AMI=$(.venv/bin/python - "$OUT/build.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
-build = report["build"]
+build = report
 ami = build["images"][0]["ami_id"]
 print(f"AMI:        {ami}  ({build['name']}, built in {build['seconds']:.1f}s)", file=sys.stderr)
 print(f"build log:  {build['log_file']}", file=sys.stderr)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,6 +12,7 @@ from factory.build import BuildPlan, BuildResult, apply_build, prepare_build, re
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.cli.render import given_variables, var_options
 from factory.cli.verify import render_result
+from factory.output import to_jsonable
 from factory.pipeline import ProvenanceRecord, attest_build, attest_verifications
 from factory.verify import VerifyReport, require_verified, verify_images
 
@@ -93,10 +94,12 @@ def build_cmd(
         return
     progress = cli.progress()
     result = apply_build(plan, clients, progress)
-    require_built(result)
+    if result.status == "failed":
+        cli.emit(result, result_text(result))
+        require_built(result)
     provenance = () if no_provenance else attest_build(cli.config, clients, plan, result, progress)
     if not verify_after:
-        cli.emit(BuildReport(result, provenance), result_text(result))
+        cli.emit(build_report(result, provenance), result_text(result))
         return
     results = verify_images(
         clients, list(result.ami_ids), templates_dir=cli.config.templates_dir,
@@ -105,19 +108,23 @@ def build_cmd(
     if not no_provenance:
         provenance += attest_verifications(cli.config, clients, results, progress)
     cli.emit(
-        BuildReport(result, provenance, VerifyReport.of(results)),
+        build_report(result, provenance, VerifyReport.of(results)),
         "\n".join([result_text(result), *(render_result(r) for r in results)]),
     )
     require_verified(results)
 
 
-@dataclass(frozen=True)
-class BuildReport:
-    """`factory build --output json`: the build, its attestations, and the verdict if asked."""
-
-    build: BuildResult
-    provenance: tuple[ProvenanceRecord, ...] = ()
-    verify: VerifyReport | None = None
+def build_report(
+    result: BuildResult,
+    provenance: tuple[ProvenanceRecord, ...],
+    verify: VerifyReport | None = None,
+) -> dict[str, Any]:
+    """`--output json`: the build result, plus its attestations and the verdict if asked."""
+    report = dict(to_jsonable(result))
+    report["provenance"] = to_jsonable(provenance)
+    if verify is not None:
+        report["verify"] = to_jsonable(verify)
+    return report
 
 
 COMMANDS: list[click.Command] = [build_cmd]
