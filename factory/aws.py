@@ -202,8 +202,6 @@ def call(client: Any, operation: str, **kwargs: Any) -> Any:
         return getattr(client, xform_name(operation))(**kwargs)
 
 
-
-
 def clients_from_config(
     region: str,
     profile: str | None,

@@ -58,7 +58,7 @@ class RefusedError(FactoryError):
     exit_code = ExitCode.USAGE
 
 
-class Interrupted(FactoryError):  # noqa: N818 - it is a signal, not a bug
+class Interrupted(FactoryError):
     """The command was interrupted by a signal after cleaning up."""
 
     def __init__(self, signum: int) -> None:

@@ -32,7 +32,10 @@ def _attestation_fields(attestation: Attestation) -> tuple[str, str]:
 
 
 def attest_build(
-    config: FactoryConfig, clients: AwsClients, plan: BuildPlan, result: BuildResult,
+    config: FactoryConfig,
+    clients: AwsClients,
+    plan: BuildPlan,
+    result: BuildResult,
     progress: Progress,
 ) -> tuple[ProvenanceRecord, ...]:
     """Sign and store the build attestation of every AMI a build made (not of reused ones)."""
@@ -54,7 +57,9 @@ def attest_build(
 
 
 def attest_verifications(
-    config: FactoryConfig, clients: AwsClients, results: Sequence[VerifyResult],
+    config: FactoryConfig,
+    clients: AwsClients,
+    results: Sequence[VerifyResult],
     progress: Progress,
 ) -> tuple[ProvenanceRecord, ...]:
     """Append a verification attestation for each image whose suite ran (passed or failed)."""
@@ -66,8 +71,14 @@ def attest_verifications(
         signer = signer or signer_from_config(config, clients)
         try:
             attestation = record_verification(
-                clients, signer, r.ami_id, r.result_sha256, r.junit_path,
-                passed=r.ok, suite_digest=r.suite_digest, summary_path=r.summary_path,
+                clients,
+                signer,
+                r.ami_id,
+                r.result_sha256,
+                r.junit_path,
+                passed=r.ok,
+                suite_digest=r.suite_digest,
+                summary_path=r.summary_path,
                 bucket=config.provenance.bucket,
             )
         except ConfigError as exc:  # an image built without provenance: nothing to extend

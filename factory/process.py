@@ -14,12 +14,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Iterator
 
 from factory.errors import ConfigError, FactoryError, Interrupted
 
@@ -37,7 +36,9 @@ class ProcessResult:
     seconds: float
 
 
-def child_env(extra: Mapping[str, str] | None = None, *, inherit: Sequence[str] = ()) -> dict[str, str]:
+def child_env(
+    extra: Mapping[str, str] | None = None, *, inherit: Sequence[str] = ()
+) -> dict[str, str]:
     """A minimal environment: the basics, the named variables from ours, then `extra`."""
     env = {k: os.environ[k] for k in (*BASE_ENV_KEYS, *inherit) if k in os.environ}
     env.update(extra or {})
@@ -55,11 +56,9 @@ class _SignalTrap:
         first = self.signum is None
         self.signum = self.signum or signum
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                # a second signal escalates: the child had its chance to clean up
+            # a second signal escalates: the child had its chance to clean up
+            with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGINT if first else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 @contextmanager
@@ -110,7 +109,9 @@ def run(
             bufsize=1,
         )
     except FileNotFoundError:
-        raise ConfigError(f"{argv[0]} not found; install it (make setup) or put it on PATH") from None
+        raise ConfigError(
+            f"{argv[0]} not found; install it (make setup) or put it on PATH"
+        ) from None
 
     stderr_chunks: list[str] = []
     stdout_lines: list[str] = []
@@ -180,8 +181,6 @@ def _kill_group(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()

@@ -815,7 +815,7 @@ def _check_steps(  # noqa: PLR0912 - one branch per way a line can be wrong
     return build, verification
 
 
-def _check_tests(  # noqa: PLR0911 - each failed condition ends the check with its reason
+def _check_tests(
     clients: AwsClients,
     verification: Mapping[str, Any] | None,
     image_tags: Mapping[str, str],

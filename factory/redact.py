@@ -7,7 +7,9 @@ import threading
 
 _PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(r"(?i)(aws_secret_access_key|secret_access_key|SecretAccessKey)([\"'=:\s]+)[A-Za-z0-9/+=]{16,}"),
+    re.compile(
+        r"(?i)(aws_secret_access_key|secret_access_key|SecretAccessKey)([\"'=:\s]+)[A-Za-z0-9/+=]{16,}"
+    ),
     re.compile(r"(?i)(aws_session_token|SessionToken)([\"'=:\s]+)[A-Za-z0-9/+=]{16,}"),
     re.compile(r"(?i)(password|passwd|secret|token)(\s*[=:]\s*)(?!\*\*\*)\S+"),
 ]

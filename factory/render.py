@@ -60,7 +60,7 @@ def hcl_string(text: str) -> str:
     return "".join(out).replace("${", "$${").replace("%{", "%%{")
 
 
-def hcl(value: Any) -> HclExpr:  # noqa: PLR0911 - one return per HCL value kind
+def hcl(value: Any) -> HclExpr:
     """Any renderable value as an HCL expression (strings quoted, maps/lists recursively)."""
     if isinstance(value, HclExpr):
         return value
@@ -194,7 +194,7 @@ def load_family(templates_dir: Path, name: str) -> Family:
     )
 
 
-def _coerce(  # noqa: PLR0911, PLR0912 - one branch per variable type
+def _coerce(  # noqa: PLR0912 - one branch per variable type
     var_type: str, value: Any, name: str, origin: str
 ) -> Any:
     """A value (from --var text, a var file or defaults) as the variable's type."""

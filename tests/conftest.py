@@ -14,7 +14,9 @@ from factory.localcloud import control
 
 REPO = Path(__file__).resolve().parent.parent
 # The base image (debootstrap) is cached outside each test's state dir: built once per machine.
-IMAGE_CACHE = Path(os.environ.get("FACTORY_LOCAL_IMAGE_CACHE", REPO / ".factory" / "cache" / "images"))
+IMAGE_CACHE = Path(
+    os.environ.get("FACTORY_LOCAL_IMAGE_CACHE", REPO / ".factory" / "cache" / "images")
+)
 
 
 def _needs_root() -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from factory import __version__
-from factory.cli.context import CliContext, OUTPUT_CHOICES
+from factory.cli.context import OUTPUT_CHOICES, CliContext
 from factory.errors import ExitCode, FactoryError
 from factory.redact import redact
 
@@ -33,11 +33,17 @@ COMMAND_MODULES = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ami-factory")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="factory.toml to use.")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="factory.toml to use."
+)
 @click.option("--region", help="AWS region (default: AWS_REGION, then factory.toml).")
 @click.option("--profile", help="AWS profile (default: AWS_PROFILE).")
 @click.option(
-    "--output", "-O", type=click.Choice(OUTPUT_CHOICES), default="text", show_default=True,
+    "--output",
+    "-O",
+    type=click.Choice(OUTPUT_CHOICES),
+    default="text",
+    show_default=True,
     help="Result format on stdout; progress always goes to stderr.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
@@ -61,8 +67,12 @@ def cli(
         for noisy in ("botocore", "boto3", "urllib3", "paramiko"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = CliContext(
-        config_file=config_file, region=region, profile=profile,
-        output=output, debug=debug, quiet=quiet,
+        config_file=config_file,
+        region=region,
+        profile=profile,
+        output=output,
+        debug=debug,
+        quiet=quiet,
     )
 
 
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
         if debug:
             traceback.print_exc()
         click.echo(

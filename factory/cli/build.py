@@ -60,11 +60,14 @@ def result_text(result: BuildResult) -> str:
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (source AMI, digests, reuse) only.")
 @click.option(
-    "--verify", "verify_after", is_flag=True,
+    "--verify",
+    "verify_after",
+    is_flag=True,
     help="Run `factory verify` on the new AMI right after the build (exit 1 if a test fails).",
 )
 @click.option(
-    "--no-provenance", is_flag=True,
+    "--no-provenance",
+    is_flag=True,
     help="Do not sign and store provenance (default: every built AMI gets an attestation).",
 )
 @output_option
@@ -102,8 +105,11 @@ def build_cmd(
         cli.emit(build_report(result, provenance), result_text(result))
         return
     results = verify_images(
-        clients, list(result.ami_ids), templates_dir=cli.config.templates_dir,
-        output_dir=cli.config.state_dir / "verify", progress=progress,
+        clients,
+        list(result.ami_ids),
+        templates_dir=cli.config.templates_dir,
+        output_dir=cli.config.state_dir / "verify",
+        progress=progress,
     )
     if not no_provenance:
         provenance += attest_verifications(cli.config, clients, results, progress)

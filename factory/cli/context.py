@@ -65,10 +65,16 @@ def output_option(fn: Any) -> Any:
     """`--output json` on every command, as well as on the group."""
 
     def _set(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-        if value is not None:
-            ctx.find_object(CliContext).output = value
+        cli = ctx.find_object(CliContext)
+        if value is not None and cli is not None:
+            cli.output = value
 
     return click.option(
-        "--output", "-O", type=click.Choice(OUTPUT_CHOICES), default=None, expose_value=False,
-        callback=_set, help="Result format: text or json.",
+        "--output",
+        "-O",
+        type=click.Choice(OUTPUT_CHOICES),
+        default=None,
+        expose_value=False,
+        callback=_set,
+        help="Result format: text or json.",
     )(fn)

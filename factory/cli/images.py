@@ -181,7 +181,7 @@ def _change_text(result: ChannelPlan | ChannelChange) -> str:
 @click.option("--dry-run", is_flag=True, help="Show the change without making it.")
 @output_option
 @pass_cli
-def channel_set(  # noqa: PLR0917 - Click passes options positionally
+def channel_set(
     ctx: CliContext, family: str, channel: str, ami_id: str, reason: str, dry_run: bool
 ) -> None:
     """Point FAMILY's CHANNEL at AMI_ID (verified, not revoked, same family)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,7 +16,7 @@ from factory.localcloud import control
 DEFAULT_STATE_DIR = ".factory/local"
 
 
-def _state_dir_option(fn: object) -> object:
+def _state_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--state-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -34,7 +36,9 @@ def local() -> None:
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--no-instances", is_flag=True, help="Control plane only: no sandboxed instances.")
 @click.option(
-    "--image-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--image-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Where the base image is cached (default: STATE_DIR/images or FACTORY_LOCAL_IMAGE_CACHE).",
 )
 @output_option
@@ -51,7 +55,7 @@ def up_cmd(
     cli.emit(
         st,
         f"local cloud {word} at {st.endpoint_url} (pid {st.pid}, log {st.log_file})\n"
-        f"use it:  eval \"$(factory local env --state-dir {shlex.quote(str(state_dir))})\"",
+        f'use it:  eval "$(factory local env --state-dir {shlex.quote(str(state_dir))})"',
     )
 
 

@@ -69,7 +69,7 @@ def _environment_targets(ctx: CliContext) -> list[ScanTarget]:
 @click.option("--now", "now_text", hidden=True, help="Pretend it is this time (ISO 8601).")
 @output_option
 @pass_cli
-def retire_command(  # noqa: PLR0917 - Click passes options positionally
+def retire_command(
     ctx: CliContext,
     family: str | None,
     keep: int | None,

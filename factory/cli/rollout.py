@@ -93,7 +93,7 @@ def interrupt_choice(policy: str, progress: Progress) -> InterruptChoice:
 
 def verify_live_function() -> VerifyLive:
     """The verify stage's "run the image's suite against this instance", when it has one."""
-    from factory import verify  # noqa: PLC0415 - paramiko and friends: only when asked
+    from factory import verify
 
     runner = getattr(verify, "verify_instance", None)
     if runner is None:
@@ -159,7 +159,7 @@ def rollout_group() -> None:
     `factory rollout rollback ASG`."""
 
 
-def _settings(  # noqa: PLR0917 - the refresh options, as Click parsed them
+def _settings(
     min_healthy: int,
     max_healthy: int,
     warmup: int | None,
@@ -270,7 +270,7 @@ def refresh_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @output_option
 @pass_cli
-def start_command(  # noqa: PLR0917 - Click passes every option
+def start_command(
     ctx: CliContext,
     asg: str | None,
     ami: str | None,
@@ -378,7 +378,7 @@ def status_command(ctx: CliContext, asg: str, follow: bool, on_interrupt: str) -
 @click.option("--force", is_flag=True, help="Also for a group tagged factory:stateful=true.")
 @output_option
 @pass_cli
-def rollback_command(  # noqa: PLR0917 - Click passes every option
+def rollback_command(
     ctx: CliContext,
     asg: str,
     min_healthy: int,

@@ -8,8 +8,8 @@ from typing import TextIO
 
 import click
 
-from factory.pipeline import attest_verifications
 from factory.cli.context import CliContext, output_option, pass_cli
+from factory.pipeline import attest_verifications
 from factory.verify import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_SSH_USER,

@@ -9,5 +9,5 @@ from __future__ import annotations
 
 ACCOUNT_ID = "123456789012"
 DEFAULT_REGION = "us-east-1"
-ACCESS_KEY_ID = "AKIALOCALCLOUD000000"  # noqa: S105 - dummy credentials the local cloud accepts
+ACCESS_KEY_ID = "AKIALOCALCLOUD000000"
 SECRET_ACCESS_KEY = "localcloud-dummy-secret-key-0000000000000"  # noqa: S105

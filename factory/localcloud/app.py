@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from moto.server import DomainDispatcherApplication, create_backend_app
+from moto.server import (  # type: ignore[attr-defined]
+    DomainDispatcherApplication,
+    create_backend_app,
+)
 
 StartResponse = Callable[..., Any]
 

@@ -179,7 +179,7 @@ def _run(argv: list[str], timeout: float = 300.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m factory.localcloud.baseimage [--rebuild] [--cache DIR]`: build the base image."""
-    import argparse  # noqa: PLC0415 - only this entry point needs it
+    import argparse
 
     parser = argparse.ArgumentParser(prog="factory.localcloud.baseimage")
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,7 +71,7 @@ def _alive(pid: int) -> bool:
 
 def _health(port: int, timeout: float = 2.0) -> dict[str, object] | None:
     try:
-        with urllib.request.urlopen(  # noqa: S310 - our own loopback endpoint
+        with urllib.request.urlopen(
             f"http://127.0.0.1:{port}/_localcloud/health", timeout=timeout
         ) as resp:
             return dict(json.loads(resp.read()))
@@ -146,8 +147,15 @@ def up(
     port = port or _free_port()
     cache = (image_cache or default_image_cache(state_dir)).resolve()
     argv = [
-        sys.executable, "-m", "factory.localcloud.server",
-        "--state-dir", str(state_dir), "--image-cache", str(cache), "--port", str(port),
+        sys.executable,
+        "-m",
+        "factory.localcloud.server",
+        "--state-dir",
+        str(state_dir),
+        "--image-cache",
+        str(cache),
+        "--port",
+        str(port),
     ]
     if not instances:
         argv.append("--no-instances")
@@ -179,7 +187,9 @@ def _wait_ready(
         if exited:
             tail = _log_tail(state_dir / LOG_FILE)
             (state_dir / PID_FILE).unlink(missing_ok=True)
-            raise FactoryError(f"the local cloud failed to start: {tail} (log: {state_dir / LOG_FILE})")
+            raise FactoryError(
+                f"the local cloud failed to start: {tail} (log: {state_dir / LOG_FILE})"
+            )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.1)  # health is cheap: notice readiness fast
     down(state_dir)
@@ -201,18 +211,14 @@ def down(state_dir: Path, timeout: float = 60.0) -> LocalCloudStatus:
     state_dir = state_dir.resolve()
     current = status(state_dir)
     if current.pid is not None and _alive(current.pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(current.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while _alive(current.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _alive(current.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(current.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             time.sleep(0.2)
     try:
         from factory.localcloud.runtime import sweep

@@ -359,7 +359,7 @@ class InstanceRuntime:
         record = self._record(instance_id)
         return record.address if record is not None else None
 
-    def health(self, instance_id: str) -> str:  # noqa: PLR0911 - one answer per state
+    def health(self, instance_id: str) -> str:
         """pending | ok | impaired: ok once sshd answers and the user data exited 0."""
         record = self._record(instance_id)
         if record is None:
@@ -470,7 +470,7 @@ def install_runtime(cloud: Any) -> None:
     """Create the runtime for `cloud`, hook it into moto's EC2 backend, set `cloud.runtime`."""
     global _RUNTIME  # noqa: PLW0603 - moto's backends are process-global; so is their runtime
     # imported here: moto is heavy, and `factory local down` imports this module for sweep()
-    from factory.localcloud import ec2hooks  # noqa: PLC0415
+    from factory.localcloud import ec2hooks
 
     runtime = InstanceRuntime(Path(cloud.state_dir), Path(cloud.image_cache))
     _RUNTIME = runtime

@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     return serve(
-        args.state_dir.resolve(), args.image_cache.resolve(), args.port,
+        args.state_dir.resolve(),
+        args.image_cache.resolve(),
+        args.port,
         instances=not args.no_instances,
     )
 

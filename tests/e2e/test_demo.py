@@ -23,8 +23,13 @@ def test_demo_builds_verifies_publishes_and_proves(tmp_path: Path) -> None:
     env["FACTORY_LOCAL_STATE_DIR"] = str(state)
     try:
         proc = subprocess.run(
-            ["bash", str(REPO / "infra" / "demo.sh")], cwd=REPO, env=env,
-            capture_output=True, text=True, timeout=900, check=False,
+            ["bash", str(REPO / "infra" / "demo.sh")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
         )
     finally:
         control.down(state)

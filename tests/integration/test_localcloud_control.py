@@ -31,8 +31,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.
 
 
 def _factory(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "factory.cli", *argv], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_up_twice_status_env_down(tmp_path: Path) -> None:
@@ -43,16 +48,21 @@ def test_up_twice_status_env_down(tmp_path: Path) -> None:
     assert started["running"] and not started["already_running"]
     assert (state / "server.pid").read_text().strip() == str(started["pid"])
 
-    again = json.loads(_factory("local", "up", "--no-instances", "--state-dir", str(state),
-                                "-O", "json").stdout)
+    again = json.loads(
+        _factory("local", "up", "--no-instances", "--state-dir", str(state), "-O", "json").stdout
+    )
     assert again["already_running"] and again["pid"] == started["pid"]
 
     env_text = _factory("local", "env", "--state-dir", str(state)).stdout
     exports = dict(line.removeprefix("export ").split("=", 1) for line in env_text.splitlines())
     assert exports["AWS_ENDPOINT_URL"] == started["endpoint_url"]
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=exports["AWS_ENDPOINT_URL"],
-                       aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
-                       aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"].strip("'"))
+    ec2 = boto3.client(
+        "ec2",
+        region_name="us-east-1",
+        endpoint_url=exports["AWS_ENDPOINT_URL"],
+        aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"].strip("'"),
+    )
     assert ec2.describe_regions()["Regions"]
 
     status = _factory("local", "status", "--state-dir", str(state))
@@ -76,8 +86,9 @@ def test_endpoint_not_answering_is_a_one_line_config_error() -> None:
 
 
 def _set_faults(status: control.LocalCloudStatus, faults: list[dict[str, object]]) -> None:
-    req = urllib.request.Request(f"{status.endpoint_url}/_localcloud/faults",
-                                 data=json.dumps(faults).encode(), method="POST")
+    req = urllib.request.Request(
+        f"{status.endpoint_url}/_localcloud/faults", data=json.dumps(faults).encode(), method="POST"
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         assert resp.status == 200
 
@@ -86,11 +97,15 @@ def test_injected_throttling_is_retried_by_the_adaptive_client(
     control_plane: control.LocalCloudStatus,
 ) -> None:
     env = control.env_vars(control_plane)
-    session = boto3.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    session = boto3.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
     clients = AwsClients(AwsTarget("us-east-1", endpoint_url=control_plane.endpoint_url), session)
-    _set_faults(control_plane, [{"service": "ec2", "action": "DescribeImages",
-                                 "error": "Throttling", "count": 2}])
+    _set_faults(
+        control_plane,
+        [{"service": "ec2", "action": "DescribeImages", "error": "Throttling", "count": 2}],
+    )
     try:
         images = call(clients.client("ec2"), "DescribeImages", Owners=["self"])
         assert images["Images"] == []
@@ -99,12 +114,18 @@ def test_injected_throttling_is_retried_by_the_adaptive_client(
         _set_faults(control_plane, [])
 
 
-def test_injected_5xx_without_retries_is_an_aws_error(control_plane: control.LocalCloudStatus) -> None:
+def test_injected_5xx_without_retries_is_an_aws_error(
+    control_plane: control.LocalCloudStatus,
+) -> None:
     env = control.env_vars(control_plane)
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=control_plane.endpoint_url,
-                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                       config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}))
+    ec2 = boto3.client(
+        "ec2",
+        region_name="us-east-1",
+        endpoint_url=control_plane.endpoint_url,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
     _set_faults(control_plane, [{"service": "ec2", "action": "DescribeImages", "error": "503"}])
     try:
         with pytest.raises(botocore.exceptions.ClientError) as info:

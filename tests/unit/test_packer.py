@@ -133,7 +133,7 @@ REAL_FAILURE = """\
 1795539288,,ui,error,\\n==> Some builds didn't complete successfully and had errors:
 1795539288,,ui,error,--> amazon-ebs.smoke: Error creating AMI: UnauthorizedOperation: injected fault
 1795539288,,ui,say,\\n==> Builds finished but no artifacts were created.
-"""  # noqa: E501 - real Packer output lines
+"""
 
 
 def test_error_lines_are_packers_own_without_noise() -> None:

@@ -27,8 +27,11 @@ def test_streams_lines_and_captures_both_streams() -> None:
 
 def test_nonzero_exit_raises_the_given_error_with_tool_lines() -> None:
     with pytest.raises(PackerError) as info:
-        run([sys.executable, "-c", "import sys; sys.exit('boom happened')"], check=True,
-            error_class=PackerError)
+        run(
+            [sys.executable, "-c", "import sys; sys.exit('boom happened')"],
+            check=True,
+            error_class=PackerError,
+        )
     assert "boom happened" in str(info.value)
 
 
