@@ -265,6 +265,11 @@ def start_user_data(cfg: dict[str, Any]) -> subprocess.Popen[bytes] | None:
         handle.write(script)
     os.chmod(path, 0o700)
     console(f"localcloud: running user data ({len(script)} bytes)")
+    return _spawn_logged(path)
+
+
+def _spawn_logged(path: str) -> subprocess.Popen[bytes]:
+    """Start a boot script in its own session, its output teed to the console and the log."""
     proc = subprocess.Popen(
         [path],
         stdin=subprocess.DEVNULL,
@@ -285,15 +290,7 @@ def start_rc_local() -> None:
     if not os.access(path, os.X_OK):
         return
     console("localcloud: running /etc/rc.local")
-    proc = subprocess.Popen(
-        [path],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd="/",
-        start_new_session=True,
-    )
-    threading.Thread(target=_tee_output, args=(proc,), daemon=True).start()
+    _spawn_logged(path)
 
 
 def _tee_output(proc: subprocess.Popen[bytes]) -> None:
