@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from factory.errors import FactoryError
+from factory.localcloud.sandbox import ACTIVE_KEYS, METADATA_MOUNT
 
 log = logging.getLogger("factory.localcloud.baseimage")
 
@@ -36,7 +37,7 @@ SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("openssh-server", "python3", "sudo", "ca-certificates")
 # Bump when the customisation below changes: the cache key, so old caches are not reused.
-BASE_IMAGE_VERSION = "1"
+BASE_IMAGE_VERSION = "2"
 COMPLETE_MARKER = ".localcloud-complete"
 DEBOOTSTRAP_TIMEOUT = 1200.0
 
@@ -117,6 +118,27 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UseDNS no
 """
+# EC2 Instance Connect, as the ec2-instance-connect package sets it up on Amazon Linux and
+# Ubuntu AMIs: sshd asks a command for keys pushed with SendSSHPublicKey, each valid 60 s.
+# The real hook reads IMDS (managed-ssh-keys/active-keys/USER); this one reads the local
+# cloud's metadata directory, which the host fills and the guest sees read-only.
+EIC_COMMAND = "/usr/share/ec2-instance-connect/eic_run_authorized_keys"
+EIC_SSHD_CONFIG = f"""\
+AuthorizedKeysCommand {EIC_COMMAND} %u
+AuthorizedKeysCommandUser nobody
+"""
+EIC_SCRIPT = f"""\
+#!/bin/sh
+# EC2 Instance Connect (local cloud): print USER's pushed keys that have not expired.
+keys="{METADATA_MOUNT}/{ACTIVE_KEYS}/$1"
+[ -r "$keys" ] || exit 0
+now=$(date +%s)
+while read -r expires key; do
+    case "$expires" in ''|*[!0-9]*) continue ;; esac
+    [ "$expires" -gt "$now" ] && printf '%s\\n' "$key"
+done < "$keys"
+exit 0
+"""
 
 
 def customize(root: Path) -> None:
@@ -140,6 +162,7 @@ def customize(root: Path) -> None:
     sudoers.write_text(SUDOERS)
     sudoers.chmod(0o440)
     (root / "etc/ssh/sshd_config.d/localcloud.conf").write_text(SSHD_CONFIG)
+    install_instance_connect(root)
     # host keys are made per instance at first boot, as cloud-init does
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -162,6 +185,17 @@ def customize(root: Path) -> None:
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
     (root / "var/lib/cloud").mkdir(parents=True, exist_ok=True)
+
+
+def install_instance_connect(root: Path) -> None:
+    """The sshd hook for EC2 Instance Connect (root-owned, not writable by others: sshd
+    refuses an AuthorizedKeysCommand anyone else could change)."""
+    script = root / EIC_COMMAND.lstrip("/")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.parent.chmod(0o755)
+    script.write_text(EIC_SCRIPT)
+    script.chmod(0o755)
+    (root / "etc/ssh/sshd_config.d/60-ec2-instance-connect.conf").write_text(EIC_SSHD_CONFIG)
 
 
 def _run(argv: list[str], timeout: float = 300.0) -> None:

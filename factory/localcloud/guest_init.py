@@ -31,6 +31,7 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -137,6 +138,12 @@ def setup_root(cfg: dict[str, Any]) -> None:
     for path in ("run/sshd", "run/lock"):
         os.makedirs(f"{root}/{path}", exist_ok=True)
     os.chmod(f"{root}/run/lock", 0o1777)  # noqa: S103 - /run/lock is world-writable, sticky
+    if cfg.get("metadata"):
+        # the instance's view of the metadata service: the host writes, the guest only reads
+        target = f"{root}{cfg['metadata_mount']}"
+        os.makedirs(target, exist_ok=True)
+        mount(cfg["metadata"], target, None, MS_BIND)
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def read_file(path: str) -> str | None:

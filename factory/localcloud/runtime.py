@@ -387,6 +387,15 @@ class InstanceRuntime:
             return HEALTH_OK
         return HEALTH_OK if record.sandbox.running() else HEALTH_IMPAIRED
 
+    def push_ssh_key(self, instance_id: str, user: str, public_key: str, ttl: float) -> bool:
+        """EC2 Instance Connect: offer `public_key` to `user` on the instance for `ttl` s."""
+        record = self._record(instance_id)
+        if record is None or record.sandbox is None:
+            return False
+        with record.lock:
+            record.sandbox.push_ssh_key(user, public_key, time.time() + ttl)
+        return True
+
     def console_output(self, instance_id: str) -> str | None:
         record = self._record(instance_id)
         if record is None or record.sandbox is None:

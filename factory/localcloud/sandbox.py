@@ -2,8 +2,10 @@
 
 Directory (under STATE_DIR/instances/<instance-id>/): `upper/` and `work/` (the overlay's
 writable layer, kept across stop/start), `root/` (mount point, only mounted inside the
-sandbox's private mount namespace), `boot.json` (what guest_init is told), `console.log`,
-`sshd.log`, `status.json` and `init.pid` (written by guest_init).
+sandbox's private mount namespace), `metadata/` (what the instance metadata service would
+serve, seen read-only in the guest at METADATA_MOUNT: today the keys EC2 Instance Connect
+pushed), `boot.json` (what guest_init is told), `console.log`, `sshd.log`, `status.json` and
+`init.pid` (written by guest_init).
 
 The sandbox runs as `unshare --pid --mount --uts --ipc --fork -- python guest_init.py`.
 `unshare --fork` does not pass SIGTERM on to its child, so stopping signals the
@@ -30,6 +32,10 @@ from typing import IO, Any
 GUEST_INIT = Path(__file__).with_name("guest_init.py")
 HOST_KEY_TYPES = ("ecdsa", "ed25519")
 STOP_TIMEOUT = 10.0
+# Where the guest sees `metadata/` (read-only), laid out as IMDS paths are:
+# managed-ssh-keys/active-keys/<user> is what EC2 Instance Connect's sshd hook reads.
+METADATA_MOUNT = "/run/localcloud/meta-data"
+ACTIVE_KEYS = "managed-ssh-keys/active-keys"
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,9 @@ class Sandbox:
 
     def boot(self, spec: BootSpec) -> None:
         """Start the sandbox; returns at once (wait_ready waits for sshd)."""
-        for name in ("upper", "work", "root"):
+        for name in ("upper", "work", "root", "metadata"):
             (self.dir / name).mkdir(parents=True, exist_ok=True)
+        (self.dir / "metadata").chmod(0o755)
         for name in ("status.json", "init.pid"):
             (self.dir / name).unlink(missing_ok=True)
         config = {
@@ -97,6 +104,8 @@ class Sandbox:
             "upper": str(self.dir / "upper"),
             "work": str(self.dir / "work"),
             "root": str(self.dir / "root"),
+            "metadata": str(self.dir / "metadata"),
+            "metadata_mount": METADATA_MOUNT,
             "dir": str(self.dir),
             "authorized_keys": spec.authorized_keys,
             "user_data": spec.user_data_b64,
@@ -171,6 +180,31 @@ class Sandbox:
         shutil.rmtree(self.dir / "work", ignore_errors=True)
         (self.dir / "upper").mkdir(parents=True, exist_ok=True)
         (self.dir / "work").mkdir(parents=True, exist_ok=True)
+
+    def push_ssh_key(self, user: str, public_key: str, expires_at: float) -> None:
+        """Offer `public_key` to `user` until `expires_at` (EC2 Instance Connect's push).
+
+        One line per key, `<expiry epoch> <key>`; expired lines are dropped on each push. The
+        file is replaced atomically: sshd's hook may be reading it at any moment.
+        """
+        keys_dir = self.dir / "metadata" / ACTIVE_KEYS
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (keys_dir, keys_dir.parent):
+            directory.chmod(0o755)
+        path = keys_dir / user
+        now = time.time()
+        lines = []
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                expiry, _, key = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    if float(expiry) > now and key != public_key:
+                        lines.append(line)
+        lines.append(f"{int(expires_at)} {public_key}")
+        staging = keys_dir / f".{user}.{os.getpid()}.{threading.get_ident()}"
+        staging.write_text("\n".join(lines) + "\n")
+        staging.chmod(0o644)
+        staging.replace(path)
 
     def console_output(self) -> str:
         try:

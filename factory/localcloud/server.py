@@ -32,6 +32,7 @@ EXTENSIONS = (
     "factory.localcloud.ext_images",
     "factory.localcloud.ext_refresh",
     "factory.localcloud.ext_kms",
+    "factory.localcloud.ext_connect",
 )
 
 
