@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from factory.aws import AwsClients, AwsTarget
 from factory.config import FactoryConfig, load_config
 from factory.output import Progress, emit
+
+if TYPE_CHECKING:
+    # factory.aws imports boto3 (~0.3 s): only commands that make clients pay for it
+    from factory.aws import AwsClients
 
 OUTPUT_CHOICES = ("text", "json")
 
@@ -38,6 +41,8 @@ class CliContext:
 
     def clients(self, region: str | None = None) -> AwsClients:
         """Clients for the configured account in `region` (default: the configured one)."""
+        from factory.aws import AwsClients, AwsTarget
+
         cfg = self.config
         region = region or cfg.region
         if region not in self._clients:
