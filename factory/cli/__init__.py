@@ -1,6 +1,7 @@
 """The `factory` command line: thin Click commands over the stage modules.
 
-One module per command group; each exposes `COMMANDS`. Errors are turned into a one-line
+One module per command group; each exposes `COMMANDS`, and is imported only when one of its
+commands runs (`LAZY_COMMANDS` names them all for `--help`). Errors are turned into a one-line
 message and an exit code here, and only here.
 """
 
@@ -10,7 +11,8 @@ import importlib
 import logging
 import sys
 import traceback
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import click
 
@@ -19,19 +21,124 @@ from factory.cli.context import OUTPUT_CHOICES, CliContext
 from factory.errors import ExitCode, FactoryError
 from factory.redact import redact
 
-COMMAND_MODULES = (
-    "local",
-    "render",
-    "build",
-    "verify",
-    "images",
-    "provenance",
-    "rollout",
-    "retire",
+
+class LazyCommand(NamedTuple):
+    """Where a top-level command lives, and what `factory --help` says about it."""
+
+    module: str  # under factory.cli; it lists the command in its `COMMANDS`
+    summary: str  # the first paragraph of the command's help
+
+
+# Every top-level command. `factory --help` lists them from here without importing their
+# modules (boto3, paramiko, cryptography, Jinja: most of a second); test_cli checks this table
+# against the commands themselves.
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "build": LazyCommand(
+        "build",
+        "Render FAMILY, run `packer build`, tag the new AMI and snapshots status=candidate.",
+    ),
+    "channel": LazyCommand(
+        "images", "Channels: SSM parameters /factory/FAMILY/CHANNEL naming the AMI to launch."
+    ),
+    "drift": LazyCommand(
+        "rollout",
+        "Report groups and instances whose AMI differs from their channel, is revoked or retired.",
+    ),
+    "images": LazyCommand("images", "The factory's AMIs: list them, show their lineage."),
+    "local": LazyCommand(
+        "local",
+        "The embedded local cloud: AWS on this machine (moto server + sandboxed instances).",
+    ),
+    "provenance": LazyCommand(
+        "provenance",
+        "Signed provenance (in-toto / SLSA v1, DSSE): show it, verify it, manage keys.",
+    ),
+    "render": LazyCommand(
+        "render", "Render templates/FAMILY/*.pkr.hcl.j2 into Packer HCL (stdout or -o FILE)."
+    ),
+    "retire": LazyCommand(
+        "retire",
+        "Retire old images: keep what the policy or anything in use needs, retire the rest.",
+    ),
+    "revoke": LazyCommand(
+        "images",
+        "Revoke AMI_ID: channels and builds refuse it, drift reports it, EC2 deprecates it.",
+    ),
+    "rollout": LazyCommand(
+        "rollout",
+        "Roll images out by replacing instances: `factory rollout [start] ASG --ami AMI`, "
+        "`factory rollout --fleet fleet.toml`, `factory rollout status ASG`, "
+        "`factory rollout rollback ASG`.",
+    ),
+    "validate": LazyCommand(
+        "render", "Render FAMILY and run `packer validate`; errors name the template's own lines."
+    ),
+    "verify": LazyCommand(
+        "verify",
+        "Launch each AMI, run its testinfra suite over pinned SSH, tag it verified or failed.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is looked up.
+
+    Listing the commands (`factory --help`) reads `lazy`; running one imports its module and
+    adds every command the module lists in `COMMANDS`.
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, LazyCommand], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.load(self.lazy[cmd_name].module)
+        return self.commands.get(cmd_name)
+
+    def load(self, module_name: str) -> None:
+        """Import factory.cli.MODULE_NAME and add the commands it lists."""
+        module = importlib.import_module(f"factory.cli.{module_name}")
+        for command in module.COMMANDS:
+            if command.name not in self.commands:
+                self.add_command(command)
+
+    def load_all(self) -> None:
+        for module_name in sorted({entry.module for entry in self.lazy.values()}):
+            self.load(module_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # An unknown name: load every command first, so that Click's error is the same as with
+        # eager registration (newer Clicks suggest close names among the loaded commands).
+        if args and args[0] not in self.list_commands(ctx):
+            self.load_all()
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's command list, with commands not yet imported described from `lazy`."""
+        rows: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) or click.Command(name, help=self.lazy[name].summary)
+            if not command.hidden:
+                rows.append((name, command))
+        if not rows:
+            return
+        # the same width rule as click.Group.format_commands
+        limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ami-factory")
 @click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), help="factory.toml to use."
@@ -74,16 +181,6 @@ def cli(
         debug=debug,
         quiet=quiet,
     )
-
-
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"factory.cli.{name}")
-        for command in getattr(module, "COMMANDS", ()):
-            cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> Any:
