@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,28 @@ from factory.errors import ConfigError
 CONFIG_FILE = "factory.toml"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_CHANNELS = ("dev", "staging", "prod")
+MAX_DAYS = 36500  # retention periods beyond a century are typos (and overflow datetime)
+
+REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+CHANNEL = re.compile(r"^[A-Za-z0-9_.-]+$")  # one component of an SSM parameter path
+ACCOUNT = re.compile(r"^[0-9]{12}$")
+
+_KEYS = {
+    "top level": {"factory", "provenance", "retire", "environments"},
+    "[factory]": {
+        "region",
+        "regions",
+        "channels",
+        "templates_dir",
+        "provisioners_dir",
+        "state_dir",
+        "profile",
+        "role_arn",
+        "endpoint_url",
+    },
+    "[provenance]": {"bucket", "kms_key", "key_file"},
+    "[environments]": {"account", "role_arn", "regions", "kms_key"},
+}
 
 
 @dataclass(frozen=True)
@@ -73,11 +96,33 @@ class FactoryConfig:
         return self.family_retention.get(family, self.retention)
 
 
+def check_region(region: str, what: str) -> str:
+    """An AWS region name (us-east-1), or a ConfigError saying where the bad one came from."""
+    if not REGION.match(region):
+        raise ConfigError(f"{what}: {region!r} is not an AWS region; use a name like us-east-1")
+    return region
+
+
 def _table(doc: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]:
     value = doc.get(key, {})
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: [{key}] must be a table")
     return value
+
+
+def _known_keys(table: Mapping[str, Any], kind: str, where: str) -> None:
+    unknown = sorted(set(table) - _KEYS[kind])
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; use one of {', '.join(sorted(_KEYS[kind]))}"
+        )
+
+
+def _opt_str(table: Mapping[str, Any], key: str, what: str) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{what}.{key} must be a string")
+    return value or None
 
 
 def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
@@ -88,6 +133,10 @@ def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _regions(value: Any, what: str) -> tuple[str, ...]:
+    return tuple(check_region(r, what) for r in _str_tuple(value, what))
+
+
 def _retention(table: Mapping[str, Any], base: RetentionPolicy, what: str) -> RetentionPolicy:
     known = {"keep", "min_age_days", "grace_days", "audit_days"}
     values: dict[str, int] = {}
@@ -96,10 +145,73 @@ def _retention(table: Mapping[str, Any], base: RetentionPolicy, what: str) -> Re
             continue
         if key not in known:
             raise ConfigError(f"{what}: unknown key {key!r}; use one of {', '.join(sorted(known))}")
-        if not isinstance(value, int) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{what}.{key} must be a non-negative integer")
+        if key != "keep" and value > MAX_DAYS:
+            raise ConfigError(f"{what}.{key} must be at most {MAX_DAYS} days")
         values[key] = value
     return replace(base, **values)
+
+
+def _resolve_region(
+    region: str | None, env: Mapping[str, str], main: Mapping[str, Any], source: str
+) -> str:
+    """The flag, else AWS_REGION / AWS_DEFAULT_REGION, else factory.region; checked."""
+    if region:
+        return check_region(region, "--region")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if env.get(name):
+            return check_region(env[name], name)
+    file_region = main.get("region", DEFAULT_REGION)
+    if not isinstance(file_region, str):
+        raise ConfigError(f"{source}: factory.region must be a string")
+    return check_region(file_region, f"{source}: factory.region")
+
+
+def _provenance(doc: Mapping[str, Any], env: Mapping[str, str], source: str) -> ProvenanceConfig:
+    prov = _table(doc, "provenance", source)
+    _known_keys(prov, "[provenance]", f"{source}: [provenance]")
+    what = f"{source}: provenance"
+    # the environment overrides the file, as for every other setting
+    key_file = env.get("FACTORY_SIGNING_KEY") or _opt_str(prov, "key_file", what)
+    return ProvenanceConfig(
+        bucket=env.get("FACTORY_PROVENANCE_BUCKET") or _opt_str(prov, "bucket", what),
+        kms_key=env.get("FACTORY_KMS_KEY") or _opt_str(prov, "kms_key", what),
+        key_file=Path(key_file) if key_file else None,
+    )
+
+
+def _environments(doc: Mapping[str, Any], source: str) -> dict[str, Environment]:
+    environments = {}
+    for name, table in _table(doc, "environments", source).items():
+        where = f"{source}: environments.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}: [environments.{name}] must be a table")
+        _known_keys(table, "[environments]", f"{source}: [environments.{name}]")
+        account = table.get("account")
+        if account is not None and (isinstance(account, bool) or not ACCOUNT.match(str(account))):
+            raise ConfigError(f"{where}.account must be a 12-digit AWS account id, as a string")
+        environments[name] = Environment(
+            name=name,
+            account=str(account) if account is not None else None,
+            role_arn=_opt_str(table, "role_arn", where),
+            regions=_regions(table.get("regions", []), f"{where}.regions"),
+            kms_key=_opt_str(table, "kms_key", where),
+        )
+    return environments
+
+
+def _channels(main: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    what = f"{source}: factory.channels"
+    channels = _str_tuple(main.get("channels", list(DEFAULT_CHANNELS)), what)
+    if not channels:
+        raise ConfigError(f"{what} is empty; list at least one channel")
+    for channel in channels:
+        if not CHANNEL.match(channel):
+            raise ConfigError(
+                f"{what}: {channel!r} is not a channel name; use letters, digits, '.', '_' and '-'"
+            )
+    return channels
 
 
 def load_config(
@@ -124,7 +236,9 @@ def load_config(
             raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
         root = path.resolve().parent
     source = str(path)
+    _known_keys(doc, "top level", source)
     main = _table(doc, "factory", source)
+    _known_keys(main, "[factory]", f"{source}: [factory]")
 
     def _dir(key: str, default: str) -> Path:
         value = main.get(key, default)
@@ -134,45 +248,23 @@ def load_config(
         return p if p.is_absolute() else root / p
 
     state_dir = Path(env["FACTORY_STATE_DIR"]) if env.get("FACTORY_STATE_DIR") else None
-    resolved_region = (
-        region
-        or env.get("AWS_REGION")
-        or env.get("AWS_DEFAULT_REGION")
-        or str(main.get("region", DEFAULT_REGION))
-    )
-    regions = _str_tuple(main.get("regions", [resolved_region]), f"{source}: factory.regions")
+    resolved_region = _resolve_region(region, env, main, source)
+    regions = _regions(main.get("regions", [resolved_region]), f"{source}: factory.regions")
     if resolved_region not in regions:
         regions = (resolved_region, *regions)
-
-    prov = _table(doc, "provenance", source)
-    key_file = prov.get("key_file") or env.get("FACTORY_SIGNING_KEY")
-    provenance = ProvenanceConfig(
-        bucket=prov.get("bucket") or env.get("FACTORY_PROVENANCE_BUCKET"),
-        kms_key=prov.get("kms_key") or env.get("FACTORY_KMS_KEY"),
-        key_file=Path(key_file) if key_file else None,
-    )
 
     retire = _table(doc, "retire", source)
     retention = _retention(retire, RetentionPolicy(), f"{source}: retire")
     families = _table(retire, "families", f"{source}: retire")
     family_retention = {
-        name: _retention(table, retention, f"{source}: retire.families.{name}")
-        for name, table in families.items()
-    }
-
-    environments = {}
-    for name, table in _table(doc, "environments", source).items():
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"{source}: [environments.{name}] must be a table")
-        environments[name] = Environment(
-            name=name,
-            account=str(table["account"]) if "account" in table else None,
-            role_arn=table.get("role_arn"),
-            regions=_str_tuple(table.get("regions", []), f"environments.{name}.regions"),
-            kms_key=table.get("kms_key"),
+        name: _retention(
+            _table(families, name, f"{source}: retire.families"),
+            retention,
+            f"{source}: retire.families.{name}",
         )
-
-    channels = _str_tuple(main.get("channels", list(DEFAULT_CHANNELS)), "factory.channels")
+        for name in families
+    }
+    what = f"{source}: factory"
     return FactoryConfig(
         root=root,
         templates_dir=_dir("templates_dir", "templates"),
@@ -180,12 +272,12 @@ def load_config(
         state_dir=state_dir or _dir("state_dir", ".factory"),
         region=resolved_region,
         regions=regions,
-        profile=profile or env.get("AWS_PROFILE") or main.get("profile"),
-        role_arn=env.get("FACTORY_ROLE_ARN") or main.get("role_arn"),
-        endpoint_url=env.get("AWS_ENDPOINT_URL") or main.get("endpoint_url"),
-        channels=channels,
-        provenance=provenance,
+        profile=profile or env.get("AWS_PROFILE") or _opt_str(main, "profile", what),
+        role_arn=env.get("FACTORY_ROLE_ARN") or _opt_str(main, "role_arn", what),
+        endpoint_url=env.get("AWS_ENDPOINT_URL") or _opt_str(main, "endpoint_url", what),
+        channels=_channels(main, source),
+        provenance=_provenance(doc, env, source),
         retention=retention,
         family_retention=family_retention,
-        environments=environments,
+        environments=_environments(doc, source),
     )
