@@ -265,6 +265,8 @@ def load_var_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"var file {path}: {exc.strerror}; pass a readable file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"var file {path}: not UTF-8 text; pass a TOML or JSON file") from None
     try:
         doc: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import click
 
 from factory.build import ValidateResult, validate_family
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.errors import PackerError
+from factory.errors import ConfigError, PackerError
 from factory.output import to_jsonable
 from factory.packer import PACKER, detect_version, parse_version
 from factory.render import (
@@ -25,6 +26,8 @@ from factory.render import (
     render,
     resolve_variables,
 )
+
+PACKER_VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+$")
 
 
 def var_options(fn: Any) -> Any:
@@ -111,13 +114,22 @@ def render_cmd(
         cli.emit(listing, _list_text(listing))
         return
     variables = resolve_variables(fam, given_variables(var_args, var_file))
+    if packer_version is not None and not PACKER_VERSION.match(packer_version):
+        raise ConfigError(
+            f"--packer-version {packer_version!r} is not a version; use X.Y.Z, e.g. 1.11.2"
+        )
     version = parse_version(packer_version) if packer_version else detect_version(PACKER)
     settings = RenderSettings(
         version.plugins, cli.config.endpoint_url is not None, cli.config.region
     )
     rendered = render(fam, variables, settings)
     if out is not None:
-        out.write_text(rendered.hcl)
+        try:
+            out.write_text(rendered.hcl)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write {out}: {exc.strerror}; pass -o a file in an existing directory"
+            ) from None
     result = RenderResult(fam.name, rendered.digest, version.text, out, rendered.hcl)
     if cli.json:
         cli.emit(result)

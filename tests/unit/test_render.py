@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from factory.cli import cli
 from factory.errors import ConfigError
 from factory.render import (
     HclExpr,
@@ -219,6 +221,9 @@ def test_var_files(tmp_path: Path) -> None:
         load_var_file(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="readable"):
         load_var_file(tmp_path / "missing.toml")
+    (tmp_path / "binary.toml").write_bytes(b"\x81\xff\x00")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_var_file(tmp_path / "binary.toml")
 
 
 def test_version_gate_adds_required_plugins_only_for_new_packer() -> None:
@@ -313,3 +318,34 @@ def test_golden_files_parse_in_this_packer(golden: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def fixtures_config(tmp_path: Path) -> Path:
+    config = tmp_path / "factory.toml"
+    config.write_text(f'[factory]\ntemplates_dir = "{FIXTURES}"\n')
+    return config
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--packer-version", "abc"], "use X.Y.Z"),
+        (["--packer-version", "1.6.6", "-o", "/nonexistent-dir/x.pkr.hcl"], "cannot write"),
+    ],
+)
+def test_render_cli_bad_input_is_a_config_error(
+    fixtures_config: Path, args: list[str], fragment: str
+) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(fixtures_config), "render", "smoke", *args])
+    assert isinstance(result.exception, ConfigError), result.exception
+    assert fragment in result.exception.message
+    assert not Path("/nonexistent-dir").exists()
+
+
+def test_render_cli_writes_the_file(fixtures_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "smoke.pkr.hcl"
+    args = ["render", "smoke", "--packer-version", "v1.6.6", "-o", str(out)]
+    result = CliRunner().invoke(cli, ["--config", str(fixtures_config), *args])
+    assert result.exit_code == 0, result.output
+    assert 'source "amazon-ebs" "smoke"' in out.read_text()
