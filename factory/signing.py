@@ -72,6 +72,10 @@ class FileSigner:
             raise ConfigError(
                 f"signing key {path} not found; create one with `factory provenance keygen {path}`"
             ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"signing key {path}: {exc.strerror}; set [provenance] key_file to a PEM file"
+            ) from None
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"signing key {path} is not an unencrypted PEM key: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":

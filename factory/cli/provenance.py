@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.errors import VerificationError
+from factory.errors import ConfigError, VerificationError
 from factory.provenance import (
     ProvenanceReport,
     ProvenanceView,
@@ -86,7 +86,7 @@ def render_report(report: ProvenanceReport) -> str:
 )
 @click.option(
     "--repo",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Repository to recompute file digests from (default: the config's root).",
 )
 @output_option
@@ -146,7 +146,12 @@ def provenance_public_key(ctx: CliContext, out: Path | None) -> None:
     signer = signer_from_config(ctx.config, ctx.clients())
     pem = signer.public_key_pem().decode()
     if out is not None:
-        out.write_text(pem)
+        try:
+            out.write_text(pem)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write {out}: {exc.strerror}; pass --out a file in an existing directory"
+            ) from None
     ctx.emit(
         KeyInfo(signer.keyid, str(out) if out else None, pem),
         f"wrote {out} ({signer.keyid})" if out else pem.rstrip(),

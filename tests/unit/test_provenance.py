@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from imagekit import JUNIT_FAIL, JUNIT_PASS, facts_for, make_repo, register, register_base, tags_of
@@ -19,6 +20,7 @@ from moto import mock_aws
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.catalog import ImageIdentity
+from factory.cli import cli
 from factory.config import ProvenanceConfig, load_config
 from factory.errors import ConfigError
 from factory.localcloud import ext_kms
@@ -88,6 +90,21 @@ def test_key_file_is_private_and_refuses_overwrite(tmp_path: Path) -> None:
         generate_key_file(path)
     with pytest.raises(ConfigError, match="keygen"):
         FileSigner(tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="set \\[provenance\\] key_file to a PEM file"):
+        FileSigner(tmp_path)  # a directory: one line, not an internal error
+
+
+def test_public_key_out_to_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
+    key = generate_key_file(tmp_path / "k.pem")
+    config = tmp_path / "factory.toml"
+    config.write_text(f'[provenance]\nkey_file = "{key.path}"\n')
+    out = tmp_path / "missing" / "factory.pub"
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "provenance", "public-key", "--out", str(out)]
+    )
+    assert isinstance(result.exception, ConfigError), result.exception
+    assert "cannot write" in result.exception.message
+    assert not out.parent.exists()
 
 
 def test_junit_summary() -> None:
@@ -486,3 +503,10 @@ def test_default_kms_key_race_keeps_the_first_alias(aws: AwsClients, tmp_path: P
         for k in kms.list_keys()["Keys"]
     }
     assert sorted(states.values()) == ["Enabled", "PendingDeletion"]
+
+
+def test_verify_refuses_a_missing_repo_before_any_aws_call(tmp_path: Path) -> None:
+    args = ["provenance", "verify", "ami-0123456789abcdef0", "--repo", str(tmp_path / "nope")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
