@@ -52,6 +52,7 @@ from typing import Any
 
 from moto.autoscaling.models import FakeAutoScalingGroup, InstanceState, autoscaling_backends
 from moto.cloudwatch.models import cloudwatch_backends
+from moto.core.types import Base64EncodedString
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.launch_templates import LaunchTemplateVersion
@@ -1115,6 +1116,10 @@ def patch_moto() -> None:
         )
         base = copy.deepcopy(template.get_version(source).data)
         base.update(self._get_param("LaunchTemplateData", {}))
+        if isinstance(base.get("UserData"), str):
+            # moto parses new user data into its Base64EncodedString only without SourceVersion;
+            # launching from a version holding a plain str fails an assertion in moto
+            base["UserData"] = Base64EncodedString(base["UserData"])
         original_get = self._get_param
 
         def _get_param(key: str, default: Any = None) -> Any:

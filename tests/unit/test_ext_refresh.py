@@ -392,6 +392,30 @@ def test_refresh_replaces_in_batches_keeping_min_healthy(cloud: Cloud) -> None:
     assert refresh["DesiredConfiguration"]["LaunchTemplate"]["Version"] == "2"
 
 
+def test_version_with_new_user_data_from_a_source_version_launches(cloud: Cloud) -> None:
+    """A version made from SourceVersion with new user data (as an operator fixes a launch
+    configuration) launches replacements, and carries that user data."""
+    fixed = cloud.ec2.create_launch_template_version(
+        LaunchTemplateId=cloud.template_id,
+        SourceVersion="1",
+        LaunchTemplateData={"UserData": "ZWNobyBmaXhlZA=="},  # echo fixed
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    ours = cloud.ec2.create_launch_template_version(
+        LaunchTemplateId=cloud.template_id,
+        SourceVersion=str(fixed),
+        LaunchTemplateData={"ImageId": cloud.amis[1]},
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    _group(cloud, capacity=2, version=str(fixed))
+    cloud.start(version=str(ours), MinHealthyPercentage=50)
+    refresh = cloud.wait()
+    assert refresh["Status"] == "Successful", refresh.get("StatusReason")
+    assert cloud.instances_by_image() == {cloud.amis[1]: 2}
+    data = cloud.ec2.describe_launch_template_versions(
+        LaunchTemplateId=cloud.template_id, Versions=[str(ours)]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert data["UserData"] == "ZWNobyBmaXhlZA=="
+
+
 def test_launch_before_terminate_stays_within_max(cloud: Cloud) -> None:
     _group(cloud)
     cloud.start(MinHealthyPercentage=100, MaxHealthyPercentage=150)
