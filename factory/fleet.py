@@ -39,6 +39,7 @@ from factory.rollout import (
     RefreshSettings,
     RolloutFailed,
     RolloutResult,
+    VerifyLive,
     apply_rollout,
     cancel_refresh,
     channel_ami,
@@ -385,8 +386,10 @@ def reconcile(
     wait: bool = True,
     dry_run: bool = False,
     on_interrupt: InterruptChoice | None = None,
+    verify_live: VerifyLive | None = None,
 ) -> ReconcileResult:
-    """Roll every drifted group out to its channel's AMI (N at a time)."""
+    """Roll every drifted group out to its channel's AMI (N at a time); with `verify_live`,
+    each group's new image is tested on one of its new instances (rolled back on failure)."""
     report = drift(fleet, clients_for)
     entries = {entry.name: entry for entry in fleet.groups}
     todo = [g for g in report.drifted if g.error is None and g.channel_ami]
@@ -421,7 +424,13 @@ def reconcile(
                 warnings=plan.warnings,
             )
         return apply_rollout(
-            plan, clients, progress, wait=wait, on_interrupt=on_interrupt, poller=Poller()
+            plan,
+            clients,
+            progress,
+            wait=wait,
+            on_interrupt=on_interrupt,
+            poller=Poller(),
+            verify_live=verify_live,
         )
 
     results: list[RolloutResult] = []

@@ -26,7 +26,14 @@ from typing import Any
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, call, tags_dict
 from factory.channels import parameter_name
-from factory.errors import AwsError, ConfigError, ExitCode, FactoryError, RefusedError
+from factory.errors import (
+    AwsError,
+    ConfigError,
+    ExitCode,
+    FactoryError,
+    Interrupted,
+    RefusedError,
+)
 from factory.output import Progress
 
 try:  # the catalog helper's module: one definition of "revoked"
@@ -562,7 +569,8 @@ class RolloutResult:
     percentage: int = 0
     instances_replaced: int = 0
     restored: str | None = None
-    verify_live: str | None = None  # passed | failed (rolled back) | None
+    verify_live: str | None = None  # passed | failed (rolled back) | skipped: ... | None
+    verify_live_detail: str | None = None  # which instance, what ran, what failed
     api_calls: int = 0
     seconds: float = 0.0
     warnings: tuple[str, ...] = ()
@@ -670,7 +678,15 @@ def cancel_refresh(clients: AwsClients, group: str) -> str | None:
 # apply
 
 
-VerifyLive = Callable[[AwsClients, str, str], bool]  # (clients, instance_id, ami_id) -> passed
+@dataclass(frozen=True)
+class LiveVerdict:
+    """What running the image's suite on a new instance said."""
+
+    passed: bool
+    detail: str  # one line: counts, failing tests or the error, where the results are
+
+
+VerifyLive = Callable[[AwsClients, str, str], LiveVerdict]  # (clients, instance, ami)
 
 
 def apply_rollout(
@@ -887,8 +903,20 @@ def _verify_live(
         return replace(result, verify_live="skipped: no instance on the new version")
     instance_id = candidates[0]
     progress.info(f"{result.group}: running the image's test suite against {instance_id}")
-    if verify_live(clients, instance_id, str(result.ami_id)):
-        return replace(result, verify_live="passed")
+    try:
+        verdict = verify_live(clients, instance_id, str(result.ami_id))
+    except Interrupted as exc:
+        raise FactoryError(
+            f"interrupted during live verification of {instance_id}: the refresh of "
+            f"{result.group} succeeded and stays; `factory rollout rollback {result.group}` "
+            "goes back",
+            exc.exit_code,
+        ) from None
+    except FactoryError as exc:
+        # could not check (no SSH, instance gone): not a pass; an unattended run goes back
+        verdict = LiveVerdict(False, f"could not verify {instance_id}: {exc.message}")
+    if verdict.passed:
+        return replace(result, verify_live="passed", verify_live_detail=verdict.detail)
     progress.warn(f"{result.group}: live verification failed on {instance_id}; rolling back")
     back = rollback(
         clients,
@@ -904,8 +932,9 @@ def _verify_live(
     return replace(
         result,
         status="RollbackSuccessful" if back.status == "Successful" else "RollbackFailed",
-        reason=f"live verification failed on {instance_id}",
+        reason=f"live verification failed on {instance_id}: {verdict.detail}",
         verify_live="failed",
+        verify_live_detail=verdict.detail,
         restored=describe_restored(clients, result.group),
     )
 

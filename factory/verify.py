@@ -851,6 +851,14 @@ class _Verification:
         self.started = time.monotonic()
         self._address: str | None = None
 
+    # what the SSH wait says when the instance refuses the key (the live kind says otherwise)
+    auth_grace = AUTH_GRACE
+    key_description = "the launch key"
+    auth_hint = "is --ssh-user the image's login user?"
+
+    def _before_connect(self) -> None:
+        """Called before each SSH attempt (the live kind pushes its key here)."""
+
     def say(self, message: str) -> None:
         self.progress.info(f"{self.target.ami_id}: {message}")
 
@@ -1095,11 +1103,12 @@ class _Verification:
         self, address: str, key_path: Path, pins: ConsoleHostKeys, known_hosts: Path
     ) -> None:
         """Until sshd answers with a pinned key and accepts ours; then write known_hosts."""
-        pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        pkey = paramiko.PKey.from_path(str(key_path))
         last_error = ["no answer"]
         refused_since: float | None = None
         waiting = f"SSH at {address} did not accept the verifier's key"
         for _ in self._deadline_loop(waiting, lambda: last_error[0]):
+            self._before_connect()
             policy = _PinnedKeyPolicy(pins)  # raises HostKeyError on any other key: no retry
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(policy)
@@ -1120,11 +1129,11 @@ class _Verification:
             except paramiko.AuthenticationException as exc:
                 # cloud-init may install the key a little after sshd starts; not for minutes
                 refused_since = refused_since or time.monotonic()
-                if time.monotonic() - refused_since > AUTH_GRACE:
+                if time.monotonic() - refused_since > self.auth_grace:
                     raise VerificationError(
-                        f"{self.target.ami_id}: SSH at {address} keeps refusing the launch key "
-                        f"for user {self.settings.ssh_user!r} ({exc}); is --ssh-user the "
-                        "image's login user?"
+                        f"{self.target.ami_id}: SSH at {address} keeps refusing "
+                        f"{self.key_description} for user {self.settings.ssh_user!r} ({exc}); "
+                        f"{self.auth_hint}"
                     ) from None
                 last_error[0] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -1146,6 +1155,8 @@ class _Verification:
             "tags": dict(self.target.tags),
             "ssh_user": self.settings.ssh_user,
             "verifier_public_key": public_key,
+            "launch_public_key": public_key,  # the instance was launched with the verifier's key
+            "live": False,
             "instance_id": "",
             "address": address,
         }
@@ -1399,6 +1410,262 @@ class _Verification:
             ssh_command=ssh,
             cleanup_command=cleanup,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# a running instance (`factory rollout --verify-live`)
+
+# What live verification does in AWS, beyond reading the image (see PERMISSIONS).
+LIVE_PERMISSIONS = (
+    "ec2:DescribeInstances",
+    "ec2:DescribeImages",
+    "ec2:DescribeKeyPairs",
+    "ec2:GetConsoleOutput",
+    "ec2-instance-connect:SendSSHPublicKey",
+)
+EIC_REPUSH = 40.0  # seconds between EC2 Instance Connect pushes (AWS keeps a key 60 s)
+LIVE_AUTH_GRACE = 20.0  # an instance in service refusing the key will not change its mind
+DEFAULT_LIVE_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What DescribeInstances says about an instance verify did not launch."""
+
+    instance_id: str
+    ami_id: str
+    state: str
+    address: str | None
+    zone: str
+    key_name: str | None
+    instance_type: str = ""
+
+
+def describe_instance(clients: AwsClients, instance_id: str) -> InstanceFacts:
+    try:
+        with aws_errors(f"ec2:DescribeInstances {instance_id}"):
+            reservations = clients.client("ec2").describe_instances(InstanceIds=[instance_id])[
+                "Reservations"
+            ]
+    except FactoryError as exc:
+        if "InvalidInstanceID" not in exc.message:
+            raise
+        reservations = []
+    instances = [i for r in reservations for i in r["Instances"]]
+    if not instances:
+        raise ConfigError(f"no such instance in {clients.region}: {instance_id}")
+    instance = instances[0]
+    return InstanceFacts(
+        instance_id=instance_id,
+        ami_id=str(instance.get("ImageId", "")),
+        state=str(instance["State"]["Name"]),
+        address=instance.get("PublicIpAddress") or instance.get("PrivateIpAddress"),
+        zone=str(instance.get("Placement", {}).get("AvailabilityZone", "")),
+        key_name=instance.get("KeyName"),
+        instance_type=str(instance.get("InstanceType", "")),
+    )
+
+
+def key_pair_public_key(clients: AwsClients, key_name: str | None) -> str:
+    """The public half of an EC2 key pair ("" when there is none or EC2 no longer has it)."""
+    if not key_name:
+        return ""
+    try:
+        with aws_errors(f"ec2:DescribeKeyPairs {key_name}"):
+            pairs = clients.client("ec2").describe_key_pairs(
+                KeyNames=[key_name], IncludePublicKey=True
+            )["KeyPairs"]
+    except FactoryError as exc:
+        if "InvalidKeyPair" not in exc.message:
+            raise
+        return ""
+    return str(pairs[0].get("PublicKey", "")).strip() if pairs else ""
+
+
+def load_private_key(path: Path) -> tuple[paramiko.PKey, str]:
+    """An SSH private key file and its public line; a one-line error when it cannot be used."""
+    try:
+        pkey = paramiko.PKey.from_path(str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"--ssh-key {path}: no such file") from None
+    except paramiko.PasswordRequiredException:
+        raise ConfigError(
+            f"--ssh-key {path} is encrypted; give an unencrypted copy (verify runs unattended)"
+        ) from None
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        raise ConfigError(f"--ssh-key {path} is not an SSH private key ({exc})") from None
+    return pkey, f"{pkey.get_name()} {pkey.get_base64()}"
+
+
+class _LiveVerification(_Verification):
+    """Runs an image's suite on an instance verify did not launch, and leaves it as it was.
+
+    Access: `ssh_key` (the private half of the instance's key pair), or else an ephemeral key
+    pushed with EC2 Instance Connect (kept alive while the suite runs: AWS keeps it 60 s). The
+    host key is pinned from the console output, as for a fresh instance. Nothing is created in
+    AWS and nothing is tagged: the image's verdict stays what `factory verify` recorded.
+    """
+
+    auth_grace = LIVE_AUTH_GRACE
+
+    def __init__(self, *, instance: InstanceFacts, ssh_key: Path | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.instance = instance
+        self.ssh_key = ssh_key
+        self.run_id = (
+            f"live-{instance.instance_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        )
+        self.result_dir = self.result_dir.parent / self.run_id
+        self._public_key = ""
+        self._launch_key = ""
+        self._pushed_at: float | None = None
+        self.key_description = (
+            f"--ssh-key {ssh_key}" if ssh_key else "the key pushed with EC2 Instance Connect"
+        )
+        self.auth_hint = (
+            "is it the private half of the instance's key pair, and --ssh-user its login user?"
+            if ssh_key
+            else "does the image have EC2 Instance Connect (the ec2-instance-connect package), "
+            "and is --ssh-user its login user? Or pass --ssh-key with the instance's key pair"
+        )
+
+    def _verify(self, res: _Resources, result: VerifyResult) -> VerifyResult:
+        started = time.monotonic()
+        instance_id = self.instance.instance_id
+        res.instance_id = instance_id
+        address = self.instance.address
+        if not address:
+            raise VerificationError(f"{instance_id} has no IP address to reach it at")
+        self._address = address
+        result = replace(result, instance_id=instance_id, address=address)
+        if self.ssh_key is not None:
+            key_path = self.ssh_key
+            _, self._public_key = load_private_key(key_path)
+            launch_key = self._public_key
+        else:
+            key_path, self._public_key = self._make_key(res)
+            launch_key = key_pair_public_key(self.clients, self.instance.key_name)
+        pins = self._wait_console_keys(instance_id)
+        known_hosts = res.workdir / "known_hosts"
+        self._wait_ssh(address, key_path, pins, known_hosts)
+        result = replace(result, launch_seconds=round(time.monotonic() - started, 3))
+        self.say(
+            f"{instance_id} at {address}: host key pinned, signed in "
+            f"({result.launch_seconds:.1f}s); running {len(self.target.suite.files)} suite files"
+        )
+        self._launch_key = launch_key
+        test_started = time.monotonic()
+        with self._key_kept_alive():
+            summary, junit_path = self._run_suite(
+                res, address, key_path, known_hosts, self._public_key
+            )
+        result = replace(result, test_seconds=round(time.monotonic() - test_started, 3))
+        return self._record(res, result, summary, junit_path, test_started)
+
+    def _context(self, address: str, public_key: str) -> dict[str, Any]:
+        return super()._context(address, public_key) | {
+            "launch_public_key": self._launch_key,
+            "live": True,
+        }
+
+    def _before_connect(self) -> None:
+        if self.ssh_key is None and (
+            self._pushed_at is None or time.monotonic() - self._pushed_at > EIC_REPUSH / 2
+        ):
+            self._push()
+
+    def _push(self) -> None:
+        call(
+            self.clients.client("ec2-instance-connect"),
+            "SendSSHPublicKey",
+            InstanceId=self.instance.instance_id,
+            InstanceOSUser=self.settings.ssh_user,
+            SSHPublicKey=self._public_key,
+            AvailabilityZone=self.instance.zone,
+        )
+        self._pushed_at = time.monotonic()
+
+    @contextmanager
+    def _key_kept_alive(self) -> Iterator[None]:
+        """Push the key now and every EIC_REPUSH seconds until the suite is done."""
+        if self.ssh_key is not None:
+            yield
+            return
+        self._push()
+        done = threading.Event()
+
+        def _repush() -> None:
+            while not done.wait(EIC_REPUSH):
+                try:
+                    self._push()
+                except FactoryError as exc:
+                    self.progress.warn(f"{self.instance.instance_id}: key push failed: {exc}")
+
+        pusher = threading.Thread(target=_repush, name="eic-push", daemon=True)
+        pusher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            pusher.join(5.0)
+
+    def _cleanup(
+        self, res: _Resources, *, keep: bool, address: str | None
+    ) -> tuple[CleanupReport, KeptInstance | None]:
+        """Nothing was created in AWS: only the local scratch directory (the key) goes."""
+        shutil.rmtree(res.workdir, ignore_errors=True)
+        return CleanupReport(), None
+
+
+def verify_instance(
+    clients: AwsClients,
+    instance_id: str,
+    *,
+    templates_dir: Path,
+    output_dir: Path,
+    expected_ami: str | None = None,
+    suite_dirs: Sequence[Path] = (),
+    settings: VerifySettings | None = None,
+    ssh_key: Path | None = None,
+    progress: Progress | None = None,
+) -> VerifyResult:
+    """Run the image's suite against a running instance (say, one an instance refresh made).
+
+    The suite is the one `factory verify` runs for the instance's AMI (its family's), with
+    the context saying `live`: tests marked `image_only` (build leftovers a running server may
+    legitimately have, like files in /tmp) are skipped. The result is not tagged on the AMI.
+    """
+    settings = settings or VerifySettings(boot_timeout=DEFAULT_LIVE_TIMEOUT)
+    if ssh_key is not None:
+        load_private_key(ssh_key)  # a bad key is a usage error, before anything runs
+    facts = describe_instance(clients, instance_id)
+    if facts.state != "running":
+        raise RefusedError(f"{instance_id} is {facts.state}, not running: nothing to verify")
+    if expected_ami and facts.ami_id != expected_ami:
+        raise RefusedError(f"{instance_id} runs {facts.ami_id}, not {expected_ami}")
+    (image,) = describe_images(clients, [facts.ami_id])
+    dirs = tuple(suite_dirs) or suite_dirs_for(templates_dir, image.family)
+    target = VerifyTarget(
+        ami_id=image.ami_id,
+        name=image.name,
+        family=image.family,
+        suite=load_suite(dirs),
+        tags=dict(image.tags),
+        tag_verdict=False,
+    )
+    interrupts = _Interrupts()
+    job = _LiveVerification(
+        instance=facts,
+        ssh_key=ssh_key,
+        clients=clients,
+        target=target,
+        settings=replace(settings, instance_type=facts.instance_type, keep=False),
+        output_dir=output_dir,
+        progress=progress or Progress(quiet=True),
+        interrupts=interrupts,
+    )
+    with interrupts.installed():
+        return job.run()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ Two things the image suites need and stock pytest-testinfra does not give:
   known_hosts file and `StrictHostKeyChecking yes` from the ssh_config it is given, so the
   connection fails unless the instance presents the key it printed on its console;
 - the `image` fixture: the AMI under test (its id, tags, family, the verifier's public key),
-  read from the JSON file named by FACTORY_VERIFY_CONTEXT.
+  read from the JSON file named by FACTORY_VERIFY_CONTEXT;
+- the `image_only` marker: a check of the image as built (no build leftovers in /tmp, an
+  empty apt cache) that a server in service may rightly fail; skipped when the suite runs
+  against a live instance (`factory rollout --verify-live`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,30 @@ class PinnedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
 def pytest_configure(config: pytest.Config) -> None:
     """In verify's pytest process, `paramiko://` hosts get the pinned backend."""
     testinfra.backend.BACKENDS["paramiko"] = f"{__name__}.PinnedParamikoBackend"
+    config.addinivalue_line(
+        "markers",
+        "image_only: checks the image as built; skipped on a live instance (--verify-live)",
+    )
+
+
+def _live() -> bool:
+    path = os.environ.get(CONTEXT_ENV)
+    if not path:
+        return False
+    try:
+        return bool(json.loads(Path(path).read_text()).get("live", False))
+    except (OSError, ValueError):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a live instance, `image_only` checks are skipped (and say why)."""
+    if not _live():
+        return
+    skip = pytest.mark.skip(reason="image_only: checks the image as built, not a live server")
+    for item in items:
+        if item.get_closest_marker("image_only") is not None:
+            item.add_marker(skip)
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,8 @@ class ImageUnderTest:
     verifier_public_key: str = ""
     instance_id: str = ""
     address: str = ""
+    launch_public_key: str = ""  # the key the instance was launched with ("" for none)
+    live: bool = False  # an instance in service (rollout --verify-live), not a fresh one
 
     @property
     def family(self) -> str | None:
@@ -94,6 +123,8 @@ class ImageUnderTest:
             verifier_public_key=str(doc.get("verifier_public_key", "")),
             instance_id=str(doc.get("instance_id", "")),
             address=str(doc.get("address", "")),
+            launch_public_key=str(doc.get("launch_public_key", doc.get("verifier_public_key", ""))),
+            live=bool(doc.get("live", False)),
         )
 
 

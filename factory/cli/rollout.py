@@ -28,6 +28,7 @@ from factory.fleet import raise_if_failed as raise_if_fleet_failed
 from factory.output import Progress
 from factory.rollout import (
     InterruptChoice,
+    LiveVerdict,
     RefreshSettings,
     RefreshStatus,
     RolloutPlan,
@@ -91,23 +92,44 @@ def interrupt_choice(policy: str, progress: Progress) -> InterruptChoice:
     return _choose
 
 
-def verify_live_function() -> VerifyLive:
-    """The verify stage's "run the image's suite against this instance", when it has one."""
+def verify_live_function(
+    ctx: CliContext, *, ssh_user: str, ssh_key: Path | None, timeout: float
+) -> VerifyLive:
+    """The verify stage's "run the image's suite against this instance", for apply_rollout."""
     from factory import verify
 
-    runner = getattr(verify, "verify_instance", None)
-    if runner is None:
-        raise ConfigError(
-            "--verify-live needs factory.verify.verify_instance (run a suite against an "
-            "existing instance), which this version does not have; verify the image with "
-            "`factory verify AMI` before rolling it out"
-        )
+    if ssh_key is not None:
+        verify.load_private_key(ssh_key)  # a bad key is refused before anything changes
+    settings = verify.VerifySettings(ssh_user=ssh_user, boot_timeout=timeout)
+    progress = ctx.progress()
 
-    def _run(clients: Any, instance_id: str, ami_id: str) -> bool:
-        result = runner(clients, instance_id, ami_id)
-        return bool(getattr(result, "ok", result))
+    def _run(clients: Any, instance_id: str, ami_id: str) -> LiveVerdict:
+        result = verify.verify_instance(
+            clients,
+            instance_id,
+            templates_dir=ctx.config.templates_dir,
+            output_dir=ctx.config.state_dir / "verify",
+            expected_ami=ami_id,
+            settings=settings,
+            ssh_key=ssh_key,
+            progress=progress,
+        )
+        return LiveVerdict(result.ok, live_detail(result))
 
     return _run
+
+
+def live_detail(result: Any) -> str:
+    """One line on a live verification: what passed or failed, where the results are."""
+    where = f"{result.instance_id}"
+    if result.error:
+        return f"could not verify {where}: {result.error}"
+    counts = f"{result.passed} passed, {result.failed + result.errors} failed, " + (
+        f"{result.skipped} skipped on {where}"
+    )
+    failing = f"; failing: {', '.join(result.failing_tests[:5])}" if result.failing_tests else ""
+    more = " ..." if len(result.failing_tests) > 5 else ""
+    return f"{counts}{failing}{more}; junit: {result.junit_path}"
 
 
 def render_plan(plan: RolloutPlan) -> str:
@@ -138,7 +160,8 @@ def render_result(result: RolloutResult) -> str:
     if result.restored:
         lines.append(f"  now: {result.restored}")
     if result.verify_live:
-        lines.append(f"  live verification: {result.verify_live}")
+        detail = f" ({result.verify_live_detail})" if result.verify_live_detail else ""
+        lines.append(f"  live verification: {result.verify_live}{detail}")
     if result.seconds:
         lines.append(f"  {result.seconds:.1f}s, {result.api_calls} API calls")
     lines += [f"  warning: {w}" for w in result.warnings]
@@ -268,6 +291,25 @@ def refresh_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="After success, run the image's test suite on a new instance; roll back if it fails.",
 )
+@click.option(
+    "--ssh-user",
+    default="admin",
+    show_default=True,
+    help="With --verify-live: the image's login user.",
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --verify-live: the private key of the group's key pair (default: a one-off key "
+    "pushed with EC2 Instance Connect).",
+)
+@click.option(
+    "--live-timeout",
+    type=click.FloatRange(min=1),
+    default=180,
+    show_default=True,
+    help="With --verify-live: seconds to reach the instance over SSH.",
+)
 @output_option
 @pass_cli
 def start_command(
@@ -289,13 +331,25 @@ def start_command(
     dry_run: bool,
     force: bool,
     verify_live: bool,
+    ssh_user: str,
+    ssh_key: Path | None,
+    live_timeout: float,
 ) -> None:
     """Roll an image out to ASG (--ami or --channel), or every drifted group of --fleet."""
+    if (ssh_key is not None or ssh_user != "admin") and not verify_live:
+        raise ConfigError("--ssh-user and --ssh-key go with --verify-live; add it or drop them")
+    if verify_live and no_wait:
+        raise ConfigError("--verify-live runs after the refresh succeeds: drop --no-wait")
     settings = _settings(
         min_healthy, max_healthy, warmup, checkpoints, checkpoint_delay, alarms, skip_matching
     )
     progress = ctx.progress()
     choice = interrupt_choice(on_interrupt, progress)
+    verify_fn = (
+        verify_live_function(ctx, ssh_user=ssh_user, ssh_key=ssh_key, timeout=live_timeout)
+        if verify_live
+        else None
+    )
     if fleet_path is not None:
         if asg or ami or channel:
             raise ConfigError("--fleet reconciles the file's groups: drop ASG, --ami, --channel")
@@ -310,6 +364,7 @@ def start_command(
             wait=not no_wait,
             dry_run=dry_run,
             on_interrupt=choice,
+            verify_live=verify_fn,
         )
         ctx.emit(reconciled, render_reconcile(reconciled))
         raise_if_fleet_failed(reconciled)
@@ -327,7 +382,6 @@ def start_command(
         ami = channel_ami(clients, family, chan)
         source = f"channel {family}/{chan}"
     assert ami is not None
-    verify_fn = verify_live_function() if verify_live else None
     group = describe_group(clients, asg)
     image = describe_images(clients, [ami])[ami]
     plan = plan_rollout(group, image, settings, region=clients.region, source=source, force=force)

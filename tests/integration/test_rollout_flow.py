@@ -29,6 +29,7 @@ from factory.fleet import drift, parse_fleet
 from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
 from factory.output import Progress
 from factory.rollout import (
+    LiveVerdict,
     RefreshSettings,
     RolloutFailed,
     apply_rollout,
@@ -405,16 +406,16 @@ def test_verify_live_failure_rolls_back(world: World) -> None:
     assert set(_group_images(world).values()) == {world.v2}
     checked: list[tuple[str, str]] = []
 
-    def failing_suite(_clients: AwsClients, instance_id: str, ami_id: str) -> bool:
+    def failing_suite(_clients: AwsClients, instance_id: str, ami_id: str) -> LiveVerdict:
         checked.append((instance_id, ami_id))
-        return False
+        return LiveVerdict(False, "1 passed, 1 failed on it; failing: test_x.py::test_y")
 
     group = describe_group(world.clients, world.group)
     image = describe_images(world.clients, [world.v1])[world.v1]
     plan = plan_rollout(
         group, image, RefreshSettings(min_healthy=MIN_HEALTHY, warmup=0), region="us-east-1"
     )
-    with pytest.raises(RolloutFailed, match="live verification failed"):
+    with pytest.raises(RolloutFailed, match=r"live verification failed.*test_x\.py::test_y"):
         apply_rollout(plan, world.clients, Progress(quiet=True), verify_live=failing_suite)
     ((instance_id, ami_id),) = checked
     assert ami_id == world.v1

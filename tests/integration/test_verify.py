@@ -9,8 +9,10 @@ behind; and `app`, built on the verified base, passes its own suite.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import itertools
 import json
 import os
 import shlex
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factory import tags
 from factory.aws import AwsClients, AwsTarget, tags_dict
 from factory.output import Progress
-from factory.verify import Outcome, VerifySettings, verify_images
+from factory.verify import Outcome, VerifyResult, VerifySettings, verify_images, verify_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.runtime]
 
@@ -359,34 +362,284 @@ sed -i "s/^BIND=.*/BIND=$(hostname -i | cut -d' ' -f1)/" /etc/default/factory-ap
 """
 
 
-def test_app_on_the_verified_base_passes_its_suite(
-    module_clients: AwsClients, good_ami: str, state_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def verified_good_ami(module_clients: AwsClients, good_ami: str, tmp_path_factory: Any) -> str:
+    """The base image, verified (earlier tests may have left it so)."""
     ec2 = module_clients.client("ec2")
-    if (
-        tags_dict(ec2.describe_images(ImageIds=[good_ami])["Images"][0]["Tags"]).get(tags.STATUS)
-        != "verified"
-    ):
+    current = tags_dict(ec2.describe_images(ImageIds=[good_ami])["Images"][0]["Tags"])
+    if current.get(tags.STATUS) != "verified":
         [base] = verify_images(
             module_clients,
             [good_ami],
             templates_dir=REPO / "templates",
-            output_dir=tmp_path,
+            output_dir=tmp_path_factory.mktemp("verify-base"),
             progress=Progress(quiet=True),
         )
         assert base.ok, base.failing_tests
+    return good_ami
+
+
+@pytest.fixture(scope="module")
+def app_result(
+    module_clients: AwsClients,
+    verified_good_ami: str,
+    state_dir: Path,
+    tmp_path_factory: Any,
+) -> VerifyResult:
     app_ami = _build("app", state_dir)
     # launched as a fleet would launch it: user data says where to listen and starts it
-    settings = VerifySettings(user_data=APP_LAUNCH)
     [app] = verify_images(
         module_clients,
         [app_ami],
         templates_dir=REPO / "templates",
-        output_dir=tmp_path,
-        settings=settings,
+        output_dir=tmp_path_factory.mktemp("verify-app"),
+        settings=VerifySettings(user_data=APP_LAUNCH),
         progress=Progress(quiet=True),
     )
+    return app
+
+
+def test_app_on_the_verified_base_passes_its_suite(
+    module_clients: AwsClients, app_result: VerifyResult
+) -> None:
+    app = app_result
     assert app.outcome is Outcome.VERIFIED, (app.error, app.failing_tests)
     assert any(name.startswith("app/tests/") for name in app.durations)
     assert app.family == "app"
     assert _leftovers(module_clients) == NOTHING_LEFT
+
+
+# ---------------------------------------------------------------------------------------------
+# live verification: the suite against an instance verify did not launch
+
+
+def _run_instance(clients: AwsClients, ami: str, **kwargs: Any) -> str:
+    ec2 = clients.client("ec2")
+    instance_id = str(
+        ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro", **kwargs)[
+            "Instances"
+        ][0]["InstanceId"]
+    )
+    for _ in range(300):
+        statuses = ec2.describe_instance_status(
+            InstanceIds=[instance_id], IncludeAllInstances=True
+        )["InstanceStatuses"]
+        if statuses and statuses[0]["InstanceStatus"]["Status"] == "ok":
+            return instance_id
+        time.sleep(0.2)
+    raise AssertionError(f"{instance_id} never became healthy")
+
+
+def _key_pair(clients: AwsClients, directory: Path, name: str) -> Path:
+    """An ed25519 key pair imported into EC2; the private half written to `directory`."""
+    private = Ed25519PrivateKey.generate()
+    path = directory / name
+    path.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    clients.client("ec2").import_key_pair(KeyName=name, PublicKeyMaterial=public)
+    return path
+
+
+def _image_only_tests() -> set[str]:
+    found = set()
+    for path in (REPO / "templates" / "_common" / "tests").glob("test_*.py"):
+        lines = path.read_text().splitlines()
+        for marker, line in itertools.pairwise(lines):
+            if marker.strip() == "@pytest.mark.image_only" and line.startswith("def test_"):
+                found.add(line.split("(")[0].removeprefix("def "))
+    return found
+
+
+def test_live_verification_over_instance_connect_changes_nothing(
+    module_clients: AwsClients, verified_good_ami: str, tmp_path: Path
+) -> None:
+    """No key pair at launch: verify gets in with a key pushed by EC2 Instance Connect, runs
+    the image's suite (image_only checks skipped), tags nothing and creates nothing."""
+    ec2 = module_clients.client("ec2")
+    tags_before = tags_dict(ec2.describe_images(ImageIds=[verified_good_ami])["Images"][0]["Tags"])
+    instance_id = _run_instance(module_clients, verified_good_ami)
+    keys_before = ec2.describe_key_pairs()["KeyPairs"]
+    groups_before = ec2.describe_security_groups()["SecurityGroups"]
+    try:
+        result = verify_instance(
+            module_clients,
+            instance_id,
+            templates_dir=REPO / "templates",
+            output_dir=tmp_path,
+            expected_ami=verified_good_ami,
+            progress=Progress(quiet=True),
+        )
+        assert result.outcome is Outcome.VERIFIED, (result.error, result.failing_tests)
+        assert result.instance_id == instance_id
+        assert any(name.startswith("base/tests/") for name in result.durations)
+        # the launch-key check ran, and passed: an instance launched without a key pair has none
+        assert any("test_authorized_keys_hold_only_the_launch_key" in n for n in result.durations)
+        image_only = _image_only_tests()
+        assert len(image_only) >= 3 and result.skipped >= len(image_only)
+        state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+        assert state["Instances"][0]["State"]["Name"] == "running"  # left as it was
+        assert ec2.describe_key_pairs()["KeyPairs"] == keys_before
+        assert ec2.describe_security_groups()["SecurityGroups"] == groups_before
+        after = tags_dict(ec2.describe_images(ImageIds=[verified_good_ami])["Images"][0]["Tags"])
+        assert after == tags_before  # the image's verdict is factory verify's, untouched
+        assert result.summary_path is not None and result.summary_path.is_file()
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+def test_live_verification_with_the_instances_key_pair(
+    module_clients: AwsClients, verified_good_ami: str, tmp_path: Path
+) -> None:
+    name = f"live-{os.getpid()}-{time.monotonic_ns()}"
+    key = _key_pair(module_clients, tmp_path, name)
+    stranger = _key_pair(module_clients, tmp_path, name + "-other")
+    ec2 = module_clients.client("ec2")
+    instance_id = _run_instance(module_clients, verified_good_ami, KeyName=name)
+    try:
+        result = verify_instance(
+            module_clients,
+            instance_id,
+            templates_dir=REPO / "templates",
+            output_dir=tmp_path,
+            ssh_key=key,
+            progress=Progress(quiet=True),
+        )
+        assert result.outcome is Outcome.VERIFIED, (result.error, result.failing_tests)
+        # the launch-key check compared authorized_keys with this very key pair
+        assert any("test_authorized_keys_hold_only_the_launch_key" in n for n in result.durations)
+        wrong = verify_instance(
+            module_clients,
+            instance_id,
+            templates_dir=REPO / "templates",
+            output_dir=tmp_path,
+            ssh_key=stranger,
+            progress=Progress(quiet=True),
+        )
+        assert wrong.outcome is Outcome.ERROR
+        assert wrong.error is not None and "keeps refusing --ssh-key" in wrong.error
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        ec2.delete_key_pair(KeyName=name)
+        ec2.delete_key_pair(KeyName=name + "-other")
+
+
+# The group's user data: starts the app when the image has it (base does not).
+GROUP_START_APP = """#!/bin/sh
+if [ -f /etc/default/factory-app ]; then
+  sed -i "s/^BIND=.*/BIND=$(hostname -i | cut -d' ' -f1)/" /etc/default/factory-app
+  /etc/rc.local
+fi
+exit 0
+"""
+# A launch configuration that breaks this version's service: healthy instances (user data
+# exits 0), but the app's configuration names no port.
+GROUP_BREAKS_APP = """#!/bin/sh
+[ -f /etc/default/factory-app ] && sed -i 's/^PORT=.*/PORT=http/' /etc/default/factory-app
+exit 0
+"""
+
+
+def _group_images(clients: AwsClients, group: str) -> dict[str, str]:
+    asg = clients.client("autoscaling")
+    ids = [
+        i["InstanceId"]
+        for i in asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])[
+            "AutoScalingGroups"
+        ][0]["Instances"]
+    ]
+    reservations = clients.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
+    return {i["InstanceId"]: i["ImageId"] for r in reservations for i in r["Instances"]}
+
+
+def _rollout(group: str, ami: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FACTORY_STATE_DIR": str(tmp_path / "state")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "-O",
+            "json",
+            "rollout",
+            group,
+            "--ami",
+            ami,
+            "--min-healthy",
+            "50",
+            "--warmup",
+            "0",
+            "--verify-live",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_rollout_verify_live_rolls_back_what_fails_live_and_keeps_what_passes(
+    module_clients: AwsClients, verified_good_ami: str, app_result: VerifyResult, tmp_path: Path
+) -> None:
+    """The app image passed verify; rolled out to a group whose launch configuration breaks
+    it, the live suite fails and the group goes back to base by itself. Fixed, it stays."""
+    assert app_result.ok, (app_result.error, app_result.failing_tests)
+    app_ami = app_result.ami_id
+    ec2 = module_clients.client("ec2")
+    asg = module_clients.client("autoscaling")
+    name = f"live-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    template = ec2.create_launch_template(
+        LaunchTemplateName=name,
+        LaunchTemplateData={
+            "ImageId": verified_good_ami,
+            "InstanceType": "t3.micro",
+            "UserData": base64.b64encode(GROUP_BREAKS_APP.encode()).decode(),
+        },
+    )["LaunchTemplate"]
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        MinSize=0,
+        MaxSize=4,
+        DesiredCapacity=2,
+        AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "1"},
+    )
+    try:
+        failed = _rollout(name, app_ami, tmp_path)
+        assert failed.returncode == 1, failed.stderr[-2000:]
+        assert "live verification failed" in failed.stderr
+        assert "test_app.py" in failed.stderr  # names what failed on the live instance
+        assert set(_group_images(module_clients, name).values()) == {verified_good_ami}
+
+        # the launch configuration fixed (a new version, base image, starts the app)
+        fixed = ec2.create_launch_template_version(
+            LaunchTemplateId=template["LaunchTemplateId"],
+            SourceVersion="1",
+            LaunchTemplateData={"UserData": base64.b64encode(GROUP_START_APP.encode()).decode()},
+        )["LaunchTemplateVersion"]["VersionNumber"]
+        asg.update_auto_scaling_group(
+            AutoScalingGroupName=name,
+            LaunchTemplate={
+                "LaunchTemplateId": template["LaunchTemplateId"],
+                "Version": str(fixed),
+            },
+        )
+        passed = _rollout(name, app_ami, tmp_path)
+        assert passed.returncode == 0, passed.stderr[-3000:]
+        report = json.loads(passed.stdout)
+        assert report["status"] == "Successful" and report["verify_live"] == "passed"
+        assert " 0 failed" in report["verify_live_detail"]
+        assert set(_group_images(module_clients, name).values()) == {app_ami}
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+        ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from factory import tags as T
-from factory import verify
 from factory.cli import cli
+from factory.cli.rollout import live_detail
 from factory.errors import ConfigError, RefusedError
 from factory.rollout import (
     POLL_LAG,
@@ -29,6 +30,7 @@ from factory.rollout import (
     previous_version,
     raise_if_failed,
 )
+from factory.verify import Outcome, VerifyResult
 
 AMI_OLD = "ami-0000000000000old"
 AMI_NEW = "ami-0000000000000new"
@@ -274,14 +276,61 @@ def test_failed_result_raises_with_what_was_restored() -> None:
     raise_if_failed(replace(result, status="Pending", waited=False))
 
 
-def test_cli_verify_live_refused_up_front_without_a_verify_function() -> None:
-    if hasattr(verify, "verify_instance"):
-        pytest.skip("verify can run a suite against an existing instance now")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ssh-key", "k"], "go with --verify-live"),
+        (["--ssh-user", "ubuntu"], "go with --verify-live"),
+        (["--verify-live", "--no-wait"], "drop --no-wait"),
+        (["--verify-live", "--ssh-key", "/nonexistent/key"], "no such file"),
+    ],
+)
+def test_cli_verify_live_bad_input_is_refused_before_any_call(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no endpoint at all: any AWS call would fail with a different message
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     result = CliRunner().invoke(
-        cli, ["rollout", "web", "--ami", "ami-1", "--verify-live"], standalone_mode=False
+        cli, ["rollout", "web", "--ami", "ami-1", *args], standalone_mode=False
+    )
+    assert isinstance(result.exception, ConfigError), result.output
+    assert message in result.exception.message
+
+
+def test_cli_verify_live_refuses_a_file_that_is_not_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    bogus = tmp_path / "id_rsa"
+    bogus.write_text("not a key\n")
+    result = CliRunner().invoke(
+        cli,
+        ["rollout", "web", "--ami", "ami-1", "--verify-live", "--ssh-key", str(bogus)],
+        standalone_mode=False,
     )
     assert isinstance(result.exception, ConfigError)
-    assert "verify_instance" in result.exception.message
+    assert "is not an SSH private key" in result.exception.message
+
+
+def test_live_detail_names_the_failures_and_the_results() -> None:
+    failed = VerifyResult(
+        ami_id=AMI_NEW,
+        region="us-east-1",
+        family="web",
+        outcome=Outcome.FAILED,
+        passed=30,
+        failed=2,
+        skipped=3,
+        failing_tests=("test_app.py::test_listens", "test_app.py::test_config"),
+        instance_id="i-1",
+        junit_path=Path("/r/junit.xml"),
+    )
+    detail = live_detail(failed)
+    assert detail.startswith("30 passed, 2 failed, 3 skipped on i-1")
+    assert "failing: test_app.py::test_listens, test_app.py::test_config" in detail
+    assert detail.endswith("junit: /r/junit.xml")
+    errored = replace(failed, outcome=Outcome.ERROR, error="SSH at 10.0.0.1 refused the key")
+    assert live_detail(errored) == "could not verify i-1: SSH at 10.0.0.1 refused the key"
 
 
 def test_cli_rollout_defaults_to_start() -> None:
