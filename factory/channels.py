@@ -373,6 +373,11 @@ def rollback_channel(
 ) -> ChannelPlan | ChannelChange:
     check_channel(channel, channels)
     state = channel_state(clients, family, channel)
+    if not state.history:
+        raise RefusedError(
+            f"{state.parameter} was never set; nothing to roll back to (publish an image with "
+            f"`factory channel set {family} {channel} AMI_ID`)"
+        )
     target = rollback_target(state.history)
     plan = plan_channel_rollback(
         family,

@@ -234,7 +234,14 @@ def render_channels(states: Sequence[ChannelState], history: int) -> str:
 
 @channel_group.command("show")
 @click.argument("family", required=False)
-@click.option("--history", "-n", default=10, show_default=True, help="History entries per channel.")
+@click.option(
+    "--history",
+    "-n",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="History entries per channel.",
+)
 @output_option
 @pass_cli
 def channel_show(ctx: CliContext, family: str | None, history: int) -> None:

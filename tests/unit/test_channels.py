@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from click.testing import CliRunner
 from imagekit import register_base, register_factory_image
 from moto import mock_aws
 
@@ -22,6 +23,7 @@ from factory.channels import (
     set_channel,
     show_channels,
 )
+from factory.cli import cli
 from factory.errors import ConfigError, RefusedError
 
 CHANNELS = ("dev", "staging", "prod")
@@ -141,6 +143,13 @@ def test_rollback_walks_back_and_show_tells_the_story(aws: AwsClients) -> None:
     assert state.history[0].reason == "rollback to version 1"
 
 
+def test_rollback_of_an_unset_channel_names_it_and_the_fix(aws: AwsClients) -> None:
+    with pytest.raises(RefusedError) as info:
+        rollback_channel(aws, CHANNELS, "web", "prod")
+    assert info.value.message.startswith("/factory/web/prod was never set")
+    assert "factory channel set web prod AMI_ID" in info.value.message
+
+
 def test_rollback_refuses_a_revoked_previous_image(aws: AwsClients) -> None:
     base = register_base(aws)
     a, b = (register_factory_image(aws, "web", v, base) for v in ("1", "2"))
@@ -167,3 +176,9 @@ def test_show_and_targets_across_families(aws: AwsClients) -> None:
         ("web", "prod"),
     ]
     assert channel_targets(aws, CHANNELS, ["web"]) == {("web", "dev"): web, ("web", "prod"): web}
+
+
+def test_show_refuses_a_negative_history(aws: AwsClients) -> None:
+    result = CliRunner().invoke(cli, ["channel", "show", "-n", "-1"])
+    assert result.exit_code == 2
+    assert "-1 is not in the range x>=0" in result.output
