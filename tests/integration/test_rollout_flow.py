@@ -24,7 +24,7 @@ import pytest
 
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tag_list
-from factory.errors import RefusedError
+from factory.errors import RefusedError, VerificationError
 from factory.fleet import drift, parse_fleet
 from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
 from factory.output import Progress
@@ -402,20 +402,24 @@ def test_cli_fleet_reconciles_drift(world: World, tmp_path: Path) -> None:
     assert after.returncode == 0, after.stdout
 
 
-def test_verify_live_failure_rolls_back(world: World) -> None:
+@pytest.mark.parametrize("how", ["tests fail", "cannot verify"])
+def test_verify_live_failure_rolls_back(world: World, how: str) -> None:
     assert set(_group_images(world).values()) == {world.v2}
     checked: list[tuple[str, str]] = []
 
     def failing_suite(_clients: AwsClients, instance_id: str, ami_id: str) -> LiveVerdict:
         checked.append((instance_id, ami_id))
+        if how == "cannot verify":
+            raise VerificationError(f"SSH at {instance_id} keeps refusing the key")
         return LiveVerdict(False, "1 passed, 1 failed on it; failing: test_x.py::test_y")
 
+    expected = "test_x\\.py::test_y" if how == "tests fail" else "could not verify .*refusing"
     group = describe_group(world.clients, world.group)
     image = describe_images(world.clients, [world.v1])[world.v1]
     plan = plan_rollout(
         group, image, RefreshSettings(min_healthy=MIN_HEALTHY, warmup=0), region="us-east-1"
     )
-    with pytest.raises(RolloutFailed, match=r"live verification failed.*test_x\.py::test_y"):
+    with pytest.raises(RolloutFailed, match=rf"live verification failed.*{expected}"):
         apply_rollout(plan, world.clients, Progress(quiet=True), verify_live=failing_suite)
     ((instance_id, ami_id),) = checked
     assert ami_id == world.v1
