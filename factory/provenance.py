@@ -537,22 +537,24 @@ def record_promotion(
     signer: Signer,
     ami_id: str,
     *,
-    destination_account: str,
-    destination_region: str,
-    destination_ami: str,
+    copies: Sequence[tuple[str, str, str]],
     bucket: str | None = None,
 ) -> Attestation:
-    """After a promotion (a later issue): append a Statement naming the copy it produced."""
+    """After a promotion: append a Statement naming every copy it produced or reused.
+
+    `copies` are (account, region, AMI id) of each copy, one byproduct each.
+    """
+    if not copies:
+        raise ConfigError(f"a promotion of {ami_id} names no copy; nothing to attest")
     build, uri = _latest_build(clients, ami_id)
     identity = ImageIdentity.from_image(_image(clients, ami_id))
     byproducts = [
         {
             "name": "promoted-copy",
-            "uri": (
-                f"arn:aws:ec2:{destination_region}:{destination_account}:image/{destination_ami}"
-            ),
-            "annotations": {"account": destination_account, "region": destination_region},
+            "uri": f"arn:aws:ec2:{region}:{account}:image/{copy_ami}",
+            "annotations": {"account": account, "region": region, "ami_id": copy_ami},
         }
+        for account, region, copy_ami in copies
     ]
     statement = _derived(
         build,

@@ -333,15 +333,22 @@ def test_chain_to_the_root_through_a_factory_parent(world: World) -> None:
     assert report.ok, report.failures
     assert report.chain == (child, world.ami, world.base)
     # the parent's attestation promoted afterwards: still fine (the attested line is kept)
-    record_promotion(
+    promotion = record_promotion(
         world.aws,
         world.signer,
         world.ami,
-        destination_account="210987654321",
-        destination_region="eu-west-1",
-        destination_ami="ami-0123",
+        copies=[("210987654321", "eu-west-1", "ami-0123"), ("123456789012", "us-west-2", "ami-4")],
     )
+    products = promotion.statement["predicate"]["runDetails"]["byproducts"]
+    assert [p["uri"] for p in products] == [
+        "arn:aws:ec2:eu-west-1:210987654321:image/ami-0123",
+        "arn:aws:ec2:us-west-2:123456789012:image/ami-4",
+    ]
+    assert [s.stage for s in show_provenance(world.aws, world.ami).steps][-1] == "promotion"
+    assert world.verify(world.ami).ok
     assert world.verify(child).ok
+    with pytest.raises(ConfigError, match="names no copy"):
+        record_promotion(world.aws, world.signer, world.ami, copies=[])
     # the parent's attestation rewritten: the chain breaks, naming the parent
     bucket, key = parse_s3_uri(world.build.uri)
     world.aws.client("s3").put_object(Bucket=bucket, Key=key, Body=b"{}\n")
