@@ -69,6 +69,7 @@ PERMISSIONS = (
     "ec2:DescribeInstances",
     "ec2:CreateTags",
     "ec2:TerminateInstances",
+    "ec2:DescribeKeyPairs",
     "ec2:DeleteKeyPair",
     "ec2:DeleteSecurityGroup",
     "ec2:DeregisterImage",

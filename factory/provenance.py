@@ -48,7 +48,7 @@ PERMISSIONS = (
     "s3:PutObject",
     "s3:CreateBucket",
     "s3:PutBucketVersioning",
-    "s3:HeadBucket",
+    "s3:ListBucket",  # authorises HeadBucket (IAM has no s3:HeadBucket)
     "ec2:DescribeImages",
     "ec2:CreateTags",
     "kms:GetPublicKey",

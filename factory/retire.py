@@ -46,6 +46,7 @@ RECHECK_INTERVAL = 30.0  # seconds a full in-use scan is trusted during --apply
 PERMISSIONS = (
     "ec2:DescribeImages",
     "ec2:DescribeSnapshots",
+    "ec2:DescribeInstances",
     "ec2:EnableImageDeprecation",
     "ec2:DisableImageDeprecation",
     "ec2:CreateTags",
