@@ -33,7 +33,12 @@ def local() -> None:
 
 @local.command("up")
 @_state_dir_option
-@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port on 127.0.0.1 (default: a free one).",
+)
 @click.option("--no-instances", is_flag=True, help="Control plane only: no sandboxed instances.")
 @click.option(
     "--image-cache",

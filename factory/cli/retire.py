@@ -10,7 +10,7 @@ import click
 
 from factory.aws import AwsClients, AwsTarget
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.config import RetentionPolicy
+from factory.config import MAX_DAYS, RetentionPolicy
 from factory.errors import AwsError, ConfigError
 from factory.inuse import ScanTarget, find_in_use
 from factory.retire import (
@@ -49,10 +49,15 @@ def _environment_targets(ctx: CliContext) -> list[ScanTarget]:
 @click.option("--family", "-f", help="Only this image family.")
 @click.option("--keep", type=click.IntRange(min=0), help="Keep the newest N verified images.")
 @click.option(
-    "--min-age", "min_age", type=click.IntRange(min=0), help="Keep images younger than D days."
+    "--min-age",
+    "min_age",
+    type=click.IntRange(0, MAX_DAYS),
+    help="Keep images younger than D days.",
 )
 @click.option(
-    "--grace", type=click.IntRange(min=0), help="Days between deprecation and deregistration."
+    "--grace",
+    type=click.IntRange(0, MAX_DAYS),
+    help="Days between deprecation and deregistration.",
 )
 @click.option(
     "--plan", "mode", flag_value="plan", default=True, help="Show what would happen (the default)."

@@ -7,8 +7,10 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 
 from factory import tags
+from factory.cli import cli
 from factory.config import RetentionPolicy
 from factory.inuse import Usage, UsageKind
 from factory.output import dumps
@@ -291,3 +293,10 @@ def test_image_facts_from_describe_images() -> None:
     assert facts.keep_tag and facts.protected and facts.retire_phase == "deprecated"
     assert facts.snapshot_ids == ("snap-1",)
     assert image_facts({"ImageId": "ami-1", "Tags": []}, "us-east-1") is None
+
+
+@pytest.mark.parametrize("option", ["--min-age", "--grace"])
+def test_cli_refuses_days_beyond_a_century(option: str) -> None:
+    result = CliRunner().invoke(cli, ["retire", option, "1000000000"])
+    assert result.exit_code == 2
+    assert "1000000000 is not in the range 0<=x<=36500" in result.output
