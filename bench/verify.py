@@ -8,7 +8,10 @@ then:
 - verifies it `--runs` times with the shipped suite (templates/_common + templates/base):
   launch (RunInstances -> host key pinned, SSH up), test time (pytest's own total for the
   checks, and the wall time of the pytest process), cleanup, whole verify;
-- verifies `--parallel` copies of it at once (`--parallel N`): wall time.
+- verifies `--parallel` copies of it at once (`--parallel N`): wall time;
+- live verification (`rollout --verify-live`'s step): the suite against an instance it did not
+  launch, over EC2 Instance Connect, `--runs` times: access (console pin, key push, SSH up) and
+  test time.
 Target (issue 4): the ~30-check suite in < 3 s of test time.
 """
 
@@ -30,7 +33,7 @@ from typing import Any
 from factory.aws import AwsClients, AwsTarget
 from factory.localcloud import control
 from factory.output import Progress
-from factory.verify import VerifySettings, verify_images
+from factory.verify import VerifySettings, verify_images, verify_instance
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_CACHE = Path(
@@ -81,6 +84,45 @@ def copies(clients: AwsClients, ami: str, count: int) -> list[str]:
         ec2.create_tags(Resources=[copy], Tags=source.get("Tags", []))
         made.append(str(copy))
     return made
+
+
+def live_runs(clients: AwsClients, ami: str, out: Path, runs: int) -> dict[str, Any]:
+    """Verify a running instance (launched without a key pair) `runs` times; medians."""
+    ec2 = clients.client("ec2")
+    instance = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro")[
+        "Instances"
+    ][0]["InstanceId"]
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            statuses = ec2.describe_instance_status(
+                InstanceIds=[instance], IncludeAllInstances=True
+            )["InstanceStatuses"]
+            if statuses and statuses[0]["InstanceStatus"]["Status"] == "ok":
+                break
+            time.sleep(0.2)
+        results = []
+        for _ in range(runs):
+            result = verify_instance(
+                clients,
+                instance,
+                templates_dir=REPO / "templates",
+                output_dir=out,
+                progress=Progress(quiet=True),
+            )
+            if not result.ok:
+                raise SystemExit(f"live verify failed: {result.error or result.failing_tests}")
+            results.append(result)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])
+    return {
+        "runs": runs,
+        "checks": results[0].total,
+        "skipped": results[0].skipped,
+        "access_seconds": round(statistics.median(r.launch_seconds for r in results), 3),
+        "test_phase_seconds": round(statistics.median(r.test_seconds for r in results), 3),
+        "verify_seconds": round(statistics.median(r.total_seconds for r in results), 3),
+    }
 
 
 def main() -> None:
@@ -141,6 +183,7 @@ def main() -> None:
                 "all_verified": all(r.ok for r in results),
                 "per_image_verify_seconds": [r.total_seconds for r in results],
             }
+        report["live"] = live_runs(clients, ami, Path(out), args.runs)
     print(json.dumps(report, indent=2))
     med = report["median"]
     print(
@@ -152,6 +195,12 @@ def main() -> None:
     if "parallel" in report:
         p = report["parallel"]
         print(f"{p['images']} images with --parallel {p['images']}: {p['wall_seconds']:.2f}s wall")
+    live = report["live"]
+    print(
+        f"live verification over EC2 Instance Connect: access {live['access_seconds']:.2f}s, "
+        f"tests {live['test_phase_seconds']:.2f}s, whole {live['verify_seconds']:.2f}s "
+        f"(median of {live['runs']}; {live['skipped']} image_only checks skipped)"
+    )
 
 
 if __name__ == "__main__":

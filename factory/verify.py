@@ -523,6 +523,7 @@ class VerifyResult:
     error: str | None = None
     kept: KeptInstance | None = None
     cleanup: CleanupReport = field(default_factory=CleanupReport)
+    live: bool = False  # a running instance verify did not launch (nothing tagged)
 
     @property
     def ok(self) -> bool:
@@ -1534,10 +1535,11 @@ class _LiveVerification(_Verification):
         instance_id = self.instance.instance_id
         res.instance_id = instance_id
         address = self.instance.address
+        result = replace(result, instance_id=instance_id, live=True)
         if not address:
             raise VerificationError(f"{instance_id} has no IP address to reach it at")
         self._address = address
-        result = replace(result, instance_id=instance_id, address=address)
+        result = replace(result, instance_id=instance_id, address=address, live=True)
         if self.ssh_key is not None:
             key_path = self.ssh_key
             _, self._public_key = load_private_key(key_path)

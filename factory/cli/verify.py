@@ -9,9 +9,11 @@ from typing import TextIO
 import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
+from factory.errors import ConfigError
 from factory.pipeline import attest_verifications
 from factory.verify import (
     DEFAULT_INSTANCE_TYPE,
+    DEFAULT_LIVE_TIMEOUT,
     DEFAULT_SSH_USER,
     Outcome,
     VerifyPlan,
@@ -19,8 +21,10 @@ from factory.verify import (
     VerifyResult,
     VerifySettings,
     apply_verify,
+    load_private_key,
     plan_for,
     require_verified,
+    verify_instance,
 )
 
 
@@ -30,12 +34,19 @@ def render_result(result: VerifyResult) -> str:
         f"launch {result.launch_seconds:.1f}s, tests {result.test_seconds:.1f}s, "
         f"cleanup {result.cleanup_seconds:.1f}s, total {result.total_seconds:.1f}s"
     )
+    subject = result.ami_id
+    if result.live:  # a running instance: which one, and what it runs
+        subject = f"{result.instance_id} ({result.ami_id})"
+        timing = (
+            f"access {result.launch_seconds:.1f}s, tests {result.test_seconds:.1f}s, "
+            f"total {result.total_seconds:.1f}s"
+        )
     if result.outcome is Outcome.ERROR:
-        lines = [f"{result.ami_id}  ERROR  {result.error}  ({timing})"]
+        lines = [f"{subject}  ERROR  {result.error}  ({timing})"]
     else:
         word = "verified" if result.ok else "FAILED"
         lines = [
-            f"{result.ami_id}  {word}  {result.passed} passed, "
+            f"{subject}  {word}  {result.passed} passed, "
             f"{result.failed + result.errors} failed, {result.skipped} skipped of {result.total}"
             f"  ({timing})"
         ]
@@ -65,7 +76,20 @@ def render_plan(plan: VerifyPlan) -> str:
 
 
 @click.command("verify")
-@click.argument("ami_ids", metavar="AMI_ID...", nargs=-1, required=True)
+@click.argument("ami_ids", metavar="AMI_ID...", nargs=-1)
+@click.option(
+    "--instance",
+    "instance_ids",
+    multiple=True,
+    metavar="INSTANCE_ID",
+    help="Instead of AMIs: run each running instance's image suite on it, as it is (over EC2 "
+    "Instance Connect, or --ssh-key); nothing is launched or tagged. Repeatable.",
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --instance: the private key of the instance's key pair.",
+)
 @click.option(
     "--suite",
     "suites",
@@ -113,6 +137,8 @@ def verify_cmd(
     cli: CliContext,
     *,
     ami_ids: Sequence[str],
+    instance_ids: Sequence[str],
+    ssh_key: Path | None,
     suites: Sequence[Path],
     instance_type: str,
     ssh_user: str,
@@ -130,6 +156,18 @@ def verify_cmd(
     Exit 0 only when every image passed every test. The instance, key pair and security
     group are removed afterwards, also on failure, Ctrl-C and SIGTERM.
     """
+    if instance_ids:
+        if ami_ids or keep or user_data_file or dry_run:
+            raise ConfigError(
+                "--instance verifies running instances: drop AMI ids, --keep, --user-data "
+                "and --dry-run"
+            )
+        _verify_running(cli, instance_ids, ssh_key, ssh_user, boot_timeout, suites)
+        return
+    if not ami_ids:
+        raise ConfigError("name at least one AMI id (or --instance INSTANCE_ID)")
+    if ssh_key is not None:
+        raise ConfigError("--ssh-key goes with --instance (verify makes its own key for AMIs)")
     settings = VerifySettings(
         instance_type=instance_type,
         ssh_user=ssh_user,
@@ -158,6 +196,37 @@ def verify_cmd(
         attest_verifications(cli.config, clients, results, cli.progress())
     report = VerifyReport.of(results)
     cli.emit(report, "\n".join(render_result(r) for r in results))
+    require_verified(results)
+
+
+def _verify_running(
+    cli: CliContext,
+    instance_ids: Sequence[str],
+    ssh_key: Path | None,
+    ssh_user: str,
+    timeout: float,
+    suites: Sequence[Path],
+) -> None:
+    """`factory verify --instance ...`: the image's suite on instances as they run."""
+    if ssh_key is not None:
+        load_private_key(ssh_key)
+    clients = cli.clients()
+    progress = cli.progress()
+    settings = VerifySettings(ssh_user=ssh_user, boot_timeout=min(timeout, DEFAULT_LIVE_TIMEOUT))
+    results = [
+        verify_instance(
+            clients,
+            instance_id,
+            templates_dir=cli.config.templates_dir,
+            output_dir=cli.config.state_dir / "verify",
+            suite_dirs=suites,
+            settings=settings,
+            ssh_key=ssh_key,
+            progress=progress,
+        )
+        for instance_id in dict.fromkeys(instance_ids)
+    ]
+    cli.emit(VerifyReport.of(results), "\n".join(render_result(r) for r in results))
     require_verified(results)
 
 

@@ -496,6 +496,24 @@ def test_live_verification_over_instance_connect_changes_nothing(
         ec2.terminate_instances(InstanceIds=[instance_id])
 
 
+def test_cli_verify_instance_reports_the_running_instance(
+    module_clients: AwsClients, verified_good_ami: str, tmp_path: Path
+) -> None:
+    instance_id = _run_instance(module_clients, verified_good_ami)
+    try:
+        proc = _factory("-O", "json", "verify", "--instance", instance_id, tmp_path=tmp_path)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        [result] = json.loads(out)["results"]
+        assert result["live"] is True and result["outcome"] == "verified"
+        assert result["instance_id"] == instance_id and result["ami_id"] == verified_good_ami
+        text = _factory("verify", "--instance", instance_id, tmp_path=tmp_path)
+        shown, _ = text.communicate(timeout=300)
+        assert shown.startswith(f"{instance_id} ({verified_good_ami})  verified"), shown
+    finally:
+        module_clients.client("ec2").terminate_instances(InstanceIds=[instance_id])
+
+
 def test_live_verification_with_the_instances_key_pair(
     module_clients: AwsClients, verified_good_ami: str, tmp_path: Path
 ) -> None:

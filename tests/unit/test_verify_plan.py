@@ -354,3 +354,22 @@ def test_a_cancelled_worker_interrupts_its_child_promptly() -> None:
     assert not worker.is_alive()
     assert time.monotonic() - started < 5
     assert len(outcome) == 1 and isinstance(outcome[0], Interrupted)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify"], "name at least one AMI id (or --instance"),
+        (["verify", "ami-1", "--instance", "i-1"], "drop AMI ids"),
+        (["verify", "--instance", "i-1", "--keep"], "drop AMI ids, --keep"),
+        (["verify", "ami-1", "--ssh-key", "k"], "--ssh-key goes with --instance"),
+        (["verify", "--instance", "i-1", "--ssh-key", "/nonexistent"], "no such file"),
+    ],
+)
+def test_cli_verify_instance_bad_input_changes_nothing(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
+    result = CliRunner().invoke(cli, args, standalone_mode=False)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert message in result.exception.message
