@@ -49,6 +49,10 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "local",
         "The embedded local cloud: AWS on this machine (moto server + sandboxed instances).",
     ),
+    "promote": LazyCommand(
+        "promote",
+        "Copy verified AMI_ID into an environment's account and regions (dev -> staging -> prod).",
+    ),
     "provenance": LazyCommand(
         "provenance",
         "Signed provenance (in-toto / SLSA v1, DSSE): show it, verify it, manage keys.",
