@@ -54,3 +54,9 @@ bench: setup
 clean:
 	-$(FACTORY) local down --state-dir $(STATE)/local 2>/dev/null
 	rm -rf $(STATE)/builds
+
+# the factory's own IAM policies (CloudFormation), generated from the stages' PERMISSIONS
+.PHONY: infra
+infra: venv
+	$(PY) -m factory.iam > infra/factory-iam.json.tmp
+	mv infra/factory-iam.json.tmp infra/factory-iam.json

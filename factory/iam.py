@@ -1,0 +1,326 @@
+"""The factory's own AWS permissions: one least-privilege policy per job, from the stages' code.
+
+Every stage module declares the IAM actions it uses beside its calls (`PERMISSIONS`); this
+module groups them by job (builder, deployer, retirer) and renders a CloudFormation template
+with one managed policy per job and, when a trusted principal is given, one role per job.
+`python -m factory.iam > infra/factory-iam.json` (`make infra`) regenerates the committed file;
+a unit test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from factory import (
+    build,
+    catalog,
+    channels,
+    fleet,
+    inuse,
+    provenance,
+    retire,
+    rollout,
+    signing,
+    verify,
+)
+
+# What Packer's Amazon builders need, as Packer's documentation lists it ("IAM Task or Instance
+# Role"), minus iam:PassRole (no template sets iam_instance_profile). Some entries serve other
+# builders or options only (chroot volumes, Windows passwords, ami_users); they stay until a
+# real build's CloudTrail shows which ones amazon-ebs never calls here.
+PACKER_PERMISSIONS = (
+    "ec2:AttachVolume",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:CopyImage",
+    "ec2:CreateImage",
+    "ec2:CreateKeyPair",
+    "ec2:CreateSecurityGroup",
+    "ec2:CreateSnapshot",
+    "ec2:CreateTags",
+    "ec2:CreateVolume",
+    "ec2:DeleteKeyPair",
+    "ec2:DeleteSecurityGroup",
+    "ec2:DeleteSnapshot",
+    "ec2:DeleteVolume",
+    "ec2:DeregisterImage",
+    "ec2:DescribeImageAttribute",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceStatus",
+    "ec2:DescribeRegions",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSnapshots",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeTags",
+    "ec2:DescribeVolumes",
+    "ec2:DetachVolume",
+    "ec2:GetPasswordData",
+    "ec2:ModifyImageAttribute",
+    "ec2:ModifyInstanceAttribute",
+    "ec2:ModifySnapshotAttribute",
+    "ec2:RegisterImage",
+    "ec2:RunInstances",
+    "ec2:StopInstances",
+    "ec2:TerminateInstances",
+)
+
+# factory.aws: every client resolves its account id (needs no permission, listed for clarity).
+SESSION_PERMISSIONS = ("sts:GetCallerIdentity",)
+
+# API operations that IAM authorises under an action of another name.
+AUTHORISED_BY = {"s3:HeadBucket": "s3:ListBucket"}
+
+ANY = "*"
+_BUCKET = "${ProvenanceBucket}"  # resolved by a template condition (see _cfn_value)
+_DEFAULT_BUCKET = "factory-provenance-${AWS::AccountId}-*"  # provenance.default_bucket()
+
+# Where an action can be narrowed to the factory's own resources by ARN. Everything else is
+# Resource "*" (README, "Permissions (infra/)": what is not scoped and why).
+SCOPES: dict[str, tuple[str, ...]] = {
+    "ChannelParameters": (
+        f"arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{channels.PREFIX}",
+        f"arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{channels.PREFIX}/*",
+    ),
+    "ProvenanceBucket": (f"arn:${{AWS::Partition}}:s3:::{_BUCKET}",),
+    "ProvenanceObjects": (f"arn:${{AWS::Partition}}:s3:::{_BUCKET}/*",),
+}
+ACTION_SCOPES = {
+    "ssm:GetParameter": "ChannelParameters",
+    "ssm:GetParameterHistory": "ChannelParameters",
+    "ssm:GetParameters": "ChannelParameters",
+    "ssm:GetParametersByPath": "ChannelParameters",
+    "ssm:PutParameter": "ChannelParameters",
+    "s3:CreateBucket": "ProvenanceBucket",
+    "s3:ListBucket": "ProvenanceBucket",
+    "s3:PutBucketVersioning": "ProvenanceBucket",
+    "s3:GetObject": "ProvenanceObjects",
+    "s3:PutObject": "ProvenanceObjects",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A declared set of actions: a stage module's tuple, or Packer's."""
+
+    name: str
+    actions: tuple[str, ...]
+    unscoped: bool = False  # its calls reach any resource (the in-use scan reads every parameter)
+
+
+@dataclass(frozen=True)
+class JobRole:
+    """One job the factory runs, and the declared actions it needs."""
+
+    name: str
+    description: str
+    sources: tuple[Source, ...]
+
+    @property
+    def logical_id(self) -> str:
+        return self.name.capitalize()
+
+
+ROLES = (
+    JobRole(
+        "builder",
+        "ami-factory builder: render, build (Packer), verify, publish to channels, "
+        "revoke, sign and record provenance (the nightly rebuild job)",
+        (
+            Source("aws", SESSION_PERMISSIONS),
+            Source("packer", PACKER_PERMISSIONS),
+            Source("build", build.PERMISSIONS),
+            Source("verify", verify.PERMISSIONS),
+            Source("catalog", catalog.PERMISSIONS),
+            Source("channels", channels.PERMISSIONS),
+            Source("provenance", provenance.PERMISSIONS),
+            Source("signing", signing.PERMISSIONS),
+        ),
+    ),
+    JobRole(
+        "deployer",
+        "ami-factory deployer: rollout, drift, fleet reconcile, rollback, live verification",
+        (
+            Source("aws", SESSION_PERMISSIONS),
+            Source("rollout", rollout.PERMISSIONS),
+            Source("fleet", fleet.PERMISSIONS),
+            Source("verify.live", verify.LIVE_PERMISSIONS),
+        ),
+    ),
+    JobRole(
+        "retirer",
+        "ami-factory retirer: find images in use, deprecate and deregister the rest",
+        (
+            Source("aws", SESSION_PERMISSIONS),
+            Source("retire", retire.PERMISSIONS),
+            Source("inuse", inuse.PERMISSIONS, unscoped=True),
+        ),
+    ),
+)
+
+
+def iam_action(action: str) -> str:
+    """The IAM action that authorises a declared action (an API name, sometimes)."""
+    return AUTHORISED_BY.get(action, action)
+
+
+def role_actions(role: JobRole) -> dict[str, str]:
+    """Every action the role needs -> the scope it is granted on ("*" or a SCOPES name)."""
+    granted: dict[str, str] = {}
+    for source in role.sources:
+        for declared in source.actions:
+            action = iam_action(declared)
+            scope = ANY if source.unscoped else ACTION_SCOPES.get(action, ANY)
+            if granted.get(action) != ANY:
+                granted[action] = scope
+    return granted
+
+
+def policy_document(role: JobRole) -> dict[str, Any]:
+    """The role's policy, resources still holding ${...} placeholders (see resolve())."""
+    by_scope: dict[str, list[str]] = {}
+    for action, scope in role_actions(role).items():
+        by_scope.setdefault(scope, []).append(action)
+    statements: list[dict[str, Any]] = []
+    for scope in sorted(by_scope, key=lambda s: (s != ANY, s)):
+        resources: str | list[str] = ANY if scope == ANY else list(SCOPES[scope])
+        statements.append(
+            {
+                "Sid": "Anywhere" if scope == ANY else scope,
+                "Effect": "Allow",
+                "Action": sorted(by_scope[scope]),
+                "Resource": resources,
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def resolve(value: Any, *, partition: str, account_id: str, bucket: str = "") -> Any:
+    """A document with the template's placeholders filled in, as IAM will store it."""
+    if isinstance(value, dict):
+        return {
+            k: resolve(v, partition=partition, account_id=account_id, bucket=bucket)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            resolve(v, partition=partition, account_id=account_id, bucket=bucket) for v in value
+        ]
+    if isinstance(value, str):
+        return (
+            value.replace(_BUCKET, bucket or _DEFAULT_BUCKET)
+            .replace("${AWS::Partition}", partition)
+            .replace("${AWS::AccountId}", account_id)
+        )
+    return value
+
+
+def _cfn_value(value: Any) -> Any:
+    """Placeholders as CloudFormation intrinsics (Fn::Sub, Fn::If for the default bucket)."""
+    if isinstance(value, dict):
+        return {k: _cfn_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cfn_value(v) for v in value]
+    if isinstance(value, str) and _BUCKET in value:
+        return {
+            "Fn::If": [
+                "DefaultProvenanceBucket",
+                {"Fn::Sub": value.replace(_BUCKET, _DEFAULT_BUCKET)},
+                {"Fn::Sub": value},
+            ]
+        }
+    if isinstance(value, str) and "${" in value:
+        return {"Fn::Sub": value}
+    return value
+
+
+def template() -> dict[str, Any]:
+    """The CloudFormation template: a managed policy per job, and roles if a principal is set."""
+    resources: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    for role in ROLES:
+        policy_id = f"{role.logical_id}Policy"
+        role_id = f"{role.logical_id}Role"
+        resources[policy_id] = {
+            "Type": "AWS::IAM::ManagedPolicy",
+            "Properties": {
+                "ManagedPolicyName": {"Fn::Sub": f"${{AWS::StackName}}-{role.name}"},
+                "Description": role.description,
+                "PolicyDocument": _cfn_value(policy_document(role)),
+                # attached from the policy's side: the role exists only with a principal
+                "Roles": {"Fn::If": ["CreateRoles", [{"Ref": role_id}], []]},
+            },
+        }
+        resources[role_id] = {
+            "Type": "AWS::IAM::Role",
+            "Condition": "CreateRoles",
+            "Properties": {
+                "RoleName": {"Fn::Sub": f"${{AWS::StackName}}-{role.name}"},
+                "Description": role.description,
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"AWS": {"Ref": "TrustedPrincipal"}},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+            },
+        }
+        outputs[f"{policy_id}Arn"] = {
+            "Description": f"The {role.name} job's managed policy",
+            "Value": {"Ref": policy_id},
+        }
+        outputs[f"{role_id}Arn"] = {
+            "Condition": "CreateRoles",
+            "Description": f"The {role.name} job's role (factory.toml role_arn)",
+            "Value": {"Fn::GetAtt": [role_id, "Arn"]},
+        }
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": (
+            "ami-factory's own permissions: a least-privilege managed policy per job "
+            "(builder, deployer, retirer), generated by `python -m factory.iam`; do not edit"
+        ),
+        "Parameters": {
+            "ProvenanceBucket": {
+                "Type": "String",
+                "Default": "",
+                "Description": (
+                    "The provenance bucket ([provenance] bucket in factory.toml); empty: the "
+                    "default factory-provenance-ACCOUNT-REGION"
+                ),
+            },
+            "TrustedPrincipal": {
+                "Type": "String",
+                "Default": "",
+                "Description": (
+                    "An account id or IAM principal ARN allowed to assume the job roles; "
+                    "empty: no roles, attach the managed policies yourself"
+                ),
+            },
+        },
+        "Conditions": {
+            "DefaultProvenanceBucket": {"Fn::Equals": [{"Ref": "ProvenanceBucket"}, ""]},
+            "CreateRoles": {"Fn::Not": [{"Fn::Equals": [{"Ref": "TrustedPrincipal"}, ""]}]},
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    }
+
+
+def render() -> str:
+    """The template as committed in infra/factory-iam.json."""
+    return json.dumps(template(), indent=2) + "\n"
+
+
+def main() -> None:
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()
