@@ -200,8 +200,16 @@ def test_the_scan_sees_calls() -> None:
     assert "sts:AssumeRole" in api_calls(FACTORY / "aws.py")  # a client from a session
 
 
+def test_every_stage_with_permissions_is_in_a_role() -> None:
+    sources = {source.name for role in iam.ROLES for source in role.sources}
+    for path in _modules():
+        if _declared(path):
+            assert path.stem in sources, f"{path.name} declares PERMISSIONS but is in no role"
+
+
 def test_scopes_are_narrow_where_they_can_be() -> None:
-    builder, deployer, retirer = iam.ROLES
+    roles = {role.name: role for role in iam.ROLES}
+    builder, deployer, retirer = roles["builder"], roles["deployer"], roles["retirer"]
     assert iam.role_actions(builder)["ssm:PutParameter"] == "ChannelParameters"
     assert iam.role_actions(builder)["s3:PutObject"] == "ProvenanceObjects"
     assert iam.role_actions(deployer)["ssm:GetParameter"] == "ChannelParameters"
