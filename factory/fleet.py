@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.aws import AwsClients, call
+from factory.config import check_region
 from factory.errors import ConfigError, ExitCode, FactoryError
 from factory.output import Progress
 from factory.rollout import (
@@ -57,6 +58,13 @@ PERMISSIONS = (
 )
 
 _SETTING_KEYS = {"min_healthy", "max_healthy", "warmup", "checkpoints", "checkpoint_delay"}
+# what AWS's instance refresh accepts for each setting (as rollout's flags check them)
+_RANGES = {
+    "min_healthy": (0, 100),
+    "max_healthy": (100, 200),
+    "warmup": (0, None),
+    "checkpoint_delay": (0, None),
+}
 _GROUP_KEYS = {"family", "channel", "region"} | _SETTING_KEYS
 
 
@@ -95,12 +103,30 @@ def _settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     for key in _SETTING_KEYS & table.keys():
         value = table[key]
         if key == "checkpoints":
-            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-                raise ConfigError(f"{where}: checkpoints must be a list of percentages")
+            if (
+                not isinstance(value, list)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                or any(not 1 <= v <= 100 for v in value)
+                or value != sorted(set(value))
+            ):
+                raise ConfigError(
+                    f"{where}: checkpoints must be ascending percentages 1..100, like [20, 50, 100]"
+                )
         elif not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be a whole number")
+        else:
+            low, high = _RANGES[key]
+            if value < low or (high is not None and value > high):
+                bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise ConfigError(f"{where}: {key} must be {bounds}")
         out[key] = value
     return out
+
+
+def _region(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: region must be a string")
+    return None if value is None else check_region(value, f"{where} region")
 
 
 def parse_fleet(
@@ -141,9 +167,7 @@ def parse_fleet(
             raise ConfigError(
                 f"{where}: unknown channel {table['channel']!r}; use one of {', '.join(channels)}"
             )
-        region = table.get("region", defaults.get("region"))
-        if region is not None and not isinstance(region, str):
-            raise ConfigError(f"{where}: region must be a string")
+        region = _region(table.get("region", defaults.get("region")), where)
         groups.append(
             FleetGroup(
                 name=name,
@@ -161,6 +185,9 @@ def load_fleet(path: Path, channels: Sequence[str] | None = None) -> Fleet:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"fleet file {path} not found; pass --fleet PATH") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"fleet file {path}: {reason}; pass --fleet a TOML file") from None
     return parse_fleet(text, str(path), channels)
 
 

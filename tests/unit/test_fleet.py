@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from factory import tags as T
 from factory.errors import ConfigError
-from factory.fleet import FleetGroup, GroupState, parse_fleet, plan_drift, render_drift
+from factory.fleet import (
+    FleetGroup,
+    GroupState,
+    load_fleet,
+    parse_fleet,
+    plan_drift,
+    render_drift,
+)
 from factory.rollout import GroupFacts, ImageFacts, InstanceFacts, RefreshSettings
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -31,6 +39,8 @@ min_healthy = 90
 checkpoints = [50, 100]
 """
 
+WEB = "[groups.web]\nfamily = 'web'\nchannel = 'prod'\n"
+
 
 def test_parse_fleet() -> None:
     fleet = parse_fleet(FLEET, "fleet.toml", ("dev", "staging", "prod"))
@@ -52,6 +62,17 @@ def test_parse_fleet() -> None:
         ("[group.web]\n", "unknown table"),
         ("", "no groups"),
         ("[groups.web\n", "not valid TOML"),
+        (
+            "[defaults]\nmin_healthy = 150\n" + WEB,
+            r"\[defaults\]: min_healthy must be between 0 and 100",
+        ),
+        (WEB + "max_healthy = 99\n", "max_healthy must be between 100 and 200"),
+        (WEB + "warmup = -5\n", "warmup must be at least 0"),
+        (WEB + "checkpoint_delay = -1\n", "checkpoint_delay must be at least 0"),
+        (WEB + "checkpoints = [50, 20]\n", "ascending percentages"),
+        (WEB + "checkpoints = [0, 100]\n", "ascending percentages"),
+        (WEB + "min_healthy = true\n", "whole number"),
+        (WEB + "region = 'eu west'\n", "'eu west' is not an AWS region"),
     ],
 )
 def test_parse_fleet_errors(text: str, message: str) -> None:
@@ -136,3 +157,12 @@ def test_missing_group_or_channel_is_reported() -> None:
     )
     (group,) = plan_drift([state], IMAGES, now=NOW).drifted
     assert group.error == "channel web/prod is not set"
+
+
+def test_unreadable_fleet_files_are_config_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "fleet.toml"
+    binary.write_bytes(b"\x81\xff")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_fleet(binary)
+    with pytest.raises(ConfigError, match="pass --fleet a TOML file"):
+        load_fleet(tmp_path)
