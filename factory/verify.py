@@ -1577,13 +1577,14 @@ class _LiveVerification(_Verification):
             self._push()
 
     def _push(self) -> None:
+        zone = {"AvailabilityZone": self.instance.zone} if self.instance.zone else {}
         call(
             self.clients.client("ec2-instance-connect"),
             "SendSSHPublicKey",
             InstanceId=self.instance.instance_id,
             InstanceOSUser=self.settings.ssh_user,
             SSHPublicKey=self._public_key,
-            AvailabilityZone=self.instance.zone,
+            **zone,
         )
         self._pushed_at = time.monotonic()
 
