@@ -495,12 +495,17 @@ class RefreshStatus:
 
 
 def latest_refresh(clients: AwsClients, group: str) -> RefreshStatus | None:
-    items = call(
-        clients.client("autoscaling"),
-        "DescribeInstanceRefreshes",
-        AutoScalingGroupName=group,
-        MaxRecords=1,
-    )["InstanceRefreshes"]
+    try:
+        with aws_errors(f"autoscaling:DescribeInstanceRefreshes {group}"):
+            items = clients.client("autoscaling").describe_instance_refreshes(
+                AutoScalingGroupName=group, MaxRecords=1
+            )["InstanceRefreshes"]
+    except AwsError as exc:
+        if "ValidationError" in exc.message and "not found" in exc.message:
+            raise ConfigError(
+                f"Auto Scaling group {group!r} not found in {clients.region}"
+            ) from None
+        raise
     return RefreshStatus.from_api(items[0]) if items else None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from factory.channels import check_channel
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.errors import ConfigError, ExitCode, FactoryError
 from factory.fleet import (
@@ -379,6 +380,7 @@ def start_command(
         family, _, chan = channel.partition("/")
         if not family or not chan:
             raise ConfigError("--channel takes FAMILY/CHANNEL, e.g. web/prod")
+        check_channel(chan, ctx.config.channels)
         ami = channel_ami(clients, family, chan)
         source = f"channel {family}/{chan}"
     assert ami is not None

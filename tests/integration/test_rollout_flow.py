@@ -296,6 +296,22 @@ def _factory(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("rollout", "status", "no-such-group"), "Auto Scaling group 'no-such-group' not found"),
+        (("rollout", "rollback", "no-such-group"), "Auto Scaling group 'no-such-group' not found"),
+        (("rollout", "some-group", "--channel", f"{FAMILY}/bogus"), "unknown channel 'bogus'"),
+    ],
+)
+def test_cli_bad_names_are_one_line_usage_errors(
+    world: World, args: tuple[str, ...], message: str
+) -> None:
+    proc = _factory(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def _latest(world: World) -> dict[str, Any]:
     return dict(
         world.clients.client("autoscaling").describe_instance_refreshes(
