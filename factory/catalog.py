@@ -33,6 +33,12 @@ def is_revoked(image_tags: Mapping[str, str]) -> bool:
     return image_tags.get(T.STATUS) == T.Status.REVOKED.value or T.REVOKED_AT in image_tags
 
 
+def deprecation_passed(deprecation_time: str | None, now: datetime) -> bool:
+    """Whether an image's DeprecationTime (ISO 8601, as EC2 gives it) is at or before `now`."""
+    moment = _parse_time(deprecation_time)
+    return moment is not None and moment <= now
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if not value:
         return None

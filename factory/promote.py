@@ -26,7 +26,7 @@ from typing import Any
 
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, call, paginate, tag_list, tags_dict
-from factory.catalog import describe_image, is_revoked
+from factory.catalog import deprecation_passed, describe_image, is_revoked
 from factory.config import Environment, FactoryConfig
 from factory.errors import AwsError, ConfigError, FactoryError, Interrupted, RefusedError
 from factory.output import Progress
@@ -92,13 +92,7 @@ class SourceImage:
     def deprecated(self, now: datetime) -> bool:
         if self.tags.get(T.RETIRE_PHASE) == "deprecated":
             return True
-        if not self.deprecation_time:
-            return False
-        try:
-            moment = datetime.fromisoformat(self.deprecation_time.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        return moment <= now
+        return deprecation_passed(self.deprecation_time, now)
 
 
 @dataclass(frozen=True)
@@ -420,13 +414,14 @@ def _shielded() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _share(plan: PromotionPlan, source: AwsClients, account: str) -> None:
+def _share(plan: PromotionPlan, source: AwsClients, account: str, *, add: bool = True) -> None:
+    """Grant (or withdraw) launch permission on the image and its snapshots to `account`."""
     ec2 = source.client("ec2")
     call(
         ec2,
         "ModifyImageAttribute",
         ImageId=plan.source_ami,
-        LaunchPermission={"Add": [{"UserId": account}]},
+        LaunchPermission={"Add" if add else "Remove": [{"UserId": account}]},
     )
     for snapshot in plan.snapshot_ids:
         call(
@@ -434,26 +429,7 @@ def _share(plan: PromotionPlan, source: AwsClients, account: str) -> None:
             "ModifySnapshotAttribute",
             SnapshotId=snapshot,
             Attribute="createVolumePermission",
-            OperationType="add",
-            UserIds=[account],
-        )
-
-
-def _unshare(plan: PromotionPlan, source: AwsClients, account: str) -> None:
-    ec2 = source.client("ec2")
-    call(
-        ec2,
-        "ModifyImageAttribute",
-        ImageId=plan.source_ami,
-        LaunchPermission={"Remove": [{"UserId": account}]},
-    )
-    for snapshot in plan.snapshot_ids:
-        call(
-            ec2,
-            "ModifySnapshotAttribute",
-            SnapshotId=snapshot,
-            Attribute="createVolumePermission",
-            OperationType="remove",
+            OperationType="add" if add else "remove",
             UserIds=[account],
         )
 
@@ -547,7 +523,7 @@ def _cleanup(
             said.append(f"could not deregister {ami_id} in {key[0]}/{key[1]}: {exc.message}")
     for account in run.shared:
         try:
-            _unshare(plan, source, account)
+            _share(plan, source, account, add=False)
             said.append(f"withdrew the launch permission of {account} on {plan.source_ami}")
         except FactoryError as exc:
             said.append(f"could not withdraw the share with {account}: {exc.message}")
@@ -624,7 +600,7 @@ def apply_promotion(
     if run.shared and wait:
         # every copy is available and independent of the source: the share is not needed
         for account in run.shared:
-            _unshare(plan, source, account)
+            _share(plan, source, account, add=False)
     elif run.shared:
         warnings.append(
             f"{plan.source_ami} stays shared with {', '.join(run.shared)} until the copies "

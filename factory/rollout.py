@@ -25,6 +25,7 @@ from typing import Any
 
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, call, tags_dict
+from factory.catalog import deprecation_passed, is_revoked
 from factory.channels import parameter_name
 from factory.errors import (
     AwsError,
@@ -35,14 +36,6 @@ from factory.errors import (
     RefusedError,
 )
 from factory.output import Progress
-
-try:  # the catalog helper's module: one definition of "revoked"
-    from factory.catalog import is_revoked
-except ImportError:  # pragma: no cover - only while the catalog is not there yet
-
-    def is_revoked(image_tags: Mapping[str, str]) -> bool:
-        return image_tags.get(T.STATUS) == T.Status.REVOKED.value or T.REVOKED_AT in image_tags
-
 
 # IAM permissions a rollout uses (infra/'s policies are derived from these).
 PERMISSIONS = (
@@ -132,13 +125,7 @@ class ImageFacts:
         return is_revoked(self.tags)
 
     def deprecated(self, now: datetime | None = None) -> bool:
-        if not self.deprecation_time:
-            return False
-        try:
-            moment = datetime.fromisoformat(self.deprecation_time.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        return moment <= (now or datetime.now(UTC))
+        return deprecation_passed(self.deprecation_time, now or datetime.now(UTC))
 
 
 def describe_group(clients: AwsClients, name: str) -> GroupFacts:
