@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.localcloud import control
+from factory.localcloud import baseimage, control
 
 DEFAULT_STATE_DIR = ".factory/local"
 
@@ -54,7 +54,9 @@ def up_cmd(
     """Start the local cloud in the background (starting it twice is fine)."""
     progress = cli.progress()
     if not control.status(state_dir).running:
-        progress.info("starting the local cloud (the first start builds the base image)")
+        progress.info(
+            f"starting the local cloud{_first_start_note(state_dir, no_instances, image_cache)}"
+        )
     st = control.up(state_dir, port=port, instances=not no_instances, image_cache=image_cache)
     word = "already running" if st.already_running else "running"
     cli.emit(
@@ -62,6 +64,16 @@ def up_cmd(
         f"local cloud {word} at {st.endpoint_url} (pid {st.pid}, log {st.log_file})\n"
         f'use it:  eval "$(factory local env --state-dir {shlex.quote(str(state_dir))})"',
     )
+
+
+def _first_start_note(state_dir: Path, no_instances: bool, image_cache: Path | None) -> str:
+    """The note for a start that will build the base image first (instances on, not cached)."""
+    if no_instances:
+        return ""
+    cache = (image_cache or control.default_image_cache(state_dir)).resolve()
+    if baseimage.is_cached(cache):
+        return ""
+    return " (the first start builds the base image)"
 
 
 @local.command("down")
