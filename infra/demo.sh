@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded local cloud, end to end.
 # Start the local cloud, build `base` with real Packer (provisioners run in a sandbox), verify it
-# with its testinfra suite, publish it to the `dev` channel, and check its signed provenance.
+# with its testinfra suite, publish it to the `dev` channel, check its signed provenance, and roll
+# it out to a small Auto Scaling group with live verification on a new instance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 F=${FACTORY:-.venv/bin/factory}
@@ -38,6 +39,33 @@ echo "== publish: base/dev"
 echo "== provenance"
 "$F" provenance verify "$AMI"
 
+echo "== rollout: a 2-instance group moves to base/dev by replacement, then the suite runs on a new instance"
+GROUP=demo-web
+.venv/bin/python - "$GROUP" <<'PY'
+import base64, sys, boto3
+group = sys.argv[1]
+ec2, asg = boto3.client("ec2"), boto3.client("autoscaling")
+if not asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]:
+    debian = ec2.describe_images(
+        Owners=["136693071363"], Filters=[{"Name": "name", "Values": ["debian-12-amd64-*"]}]
+    )["Images"][0]["ImageId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName=group,
+        LaunchTemplateData={
+            "ImageId": debian,
+            "InstanceType": "t3.micro",
+            "UserData": base64.b64encode(b"#!/bin/sh\necho hello from user data\n").decode(),
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=group, MinSize=0, MaxSize=4, DesiredCapacity=2,
+        AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateId": template, "Version": "1"},
+    )
+    print(f"group:      {group} (2 instances of {debian}, launch template {template})", file=sys.stderr)
+PY
+"$F" rollout "$GROUP" --channel base/dev --min-healthy 50 --warmup 0 --verify-live
+
 echo
-echo "demo done: $AMI is verified, in channel base/dev, with verified provenance."
+echo "demo done: $AMI is verified, in channel base/dev, with verified provenance, and runs $GROUP (verified live)."
 echo "the local cloud is still running: eval \"\$($F local env --state-dir $STATE)\"; stop it with: $F local down --state-dir $STATE"

@@ -1,4 +1,5 @@
-"""`make demo`'s script end to end: local cloud, build + verify base, channel, provenance."""
+"""`make demo`'s script end to end: local cloud, build + verify base, channel, provenance,
+rollout with live verification."""
 
 from __future__ import annotations
 
@@ -40,3 +41,6 @@ def test_demo_builds_verifies_publishes_and_proves(tmp_path: Path) -> None:
     assert re.search(r"tests:\s+verified: \d+ passed, 0 failed", output)
     assert f"base/dev  {ami.group(1)}" in output
     assert f"{ami.group(1)} is verified, in channel base/dev, with verified provenance" in output
+    # the rollout replaced the group's instances and the suite passed on one of them
+    assert re.search(r"demo-web: Successful 100%", output), output[-3000:]
+    assert re.search(r"live verification: passed \(\d+ passed, 0 failed", output)
