@@ -19,6 +19,7 @@ import botocore.exceptions
 from botocore import xform_name
 
 from factory.errors import AwsError, ConfigError
+from factory.redact import register_secret
 
 T = TypeVar("T")
 
@@ -67,6 +68,10 @@ class AwsClients:
         self.counter = CallCounter()
         self._session = session or _session_for(target)
         self._session.events.register("before-call", self.counter.record)
+        # credentials that refresh (assumed roles, SSO) get a new secret: catch every one
+        self._session.events.register(
+            "before-sign", _RegisterCredentials(self._session), unique_id=_REGISTER_CREDENTIALS
+        )
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._account_id: str | None = None
@@ -85,7 +90,7 @@ class AwsClients:
                 kwargs: dict[str, Any] = {"region_name": self.region, "config": RETRY_CONFIG}
                 if self.target.endpoint_url:
                     kwargs["endpoint_url"] = self.target.endpoint_url
-                self._clients[service] = self._session.client(service, **kwargs)
+                self._clients[service] = _make_client(self._session, service, **kwargs)
             return self._clients[service]
 
     @property
@@ -109,6 +114,8 @@ class AwsClients:
                 "AWS_SECRET_ACCESS_KEY, or run `eval $(factory local env)` for the local cloud"
             )
         frozen = creds.get_frozen_credentials()
+        register_secret(frozen.secret_key)
+        register_secret(frozen.token)
         env = {
             "AWS_ACCESS_KEY_ID": frozen.access_key,
             "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
@@ -118,6 +125,40 @@ class AwsClients:
         if frozen.token:
             env["AWS_SESSION_TOKEN"] = frozen.token
         return env
+
+
+_REGISTER_CREDENTIALS = "ami-factory-register-credentials"
+
+
+def register_session_credentials(session: boto3.Session) -> None:
+    """Mask the session's secret key and token wherever they would appear (logs, output).
+
+    Call it once a client exists: making a client resolves the credentials, so this looks
+    nothing up that was not already looked up.
+    """
+    creds = session.get_credentials()
+    if creds is None:
+        return
+    frozen = creds.get_frozen_credentials()
+    register_secret(frozen.secret_key)
+    register_secret(frozen.token)
+
+
+@dataclass(frozen=True)
+class _RegisterCredentials:
+    """A `before-sign` handler: registers the credentials a request is about to be signed with."""
+
+    session: boto3.Session
+
+    def __call__(self, **_: Any) -> None:
+        register_session_credentials(self.session)
+
+
+def _make_client(session: boto3.Session, service: str, **kwargs: Any) -> Any:
+    """`session.client(...)`, with the session's secrets registered."""
+    client = session.client(service, **kwargs)
+    register_session_credentials(session)
+    return client
 
 
 def _session_for(target: AwsTarget) -> boto3.Session:
@@ -133,13 +174,19 @@ def _session_for(target: AwsTarget) -> boto3.Session:
 
 
 def _assume_role(session: boto3.Session, target: AwsTarget) -> boto3.Session:
-    sts = session.client(
-        "sts", region_name=target.region, endpoint_url=target.endpoint_url, config=RETRY_CONFIG
+    sts = _make_client(
+        session,
+        "sts",
+        region_name=target.region,
+        endpoint_url=target.endpoint_url,
+        config=RETRY_CONFIG,
     )
     with aws_errors(f"sts:AssumeRole {target.role_arn}"):
         creds = sts.assume_role(RoleArn=target.role_arn, RoleSessionName="ami-factory")[
             "Credentials"
         ]
+    register_secret(creds["SecretAccessKey"])
+    register_secret(creds["SessionToken"])
     return boto3.Session(
         aws_access_key_id=creds["AccessKeyId"],
         aws_secret_access_key=creds["SecretAccessKey"],

@@ -19,7 +19,7 @@ import click
 from factory import __version__
 from factory.cli.context import OUTPUT_CHOICES, CliContext
 from factory.errors import ExitCode, FactoryError
-from factory.redact import redact
+from factory.redact import redact, redact_logging
 
 
 class LazyCommand(NamedTuple):
@@ -174,6 +174,8 @@ def cli(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # every record, whoever logs it (botocore prints request headers at DEBUG), is redacted
+    redact_logging()
     if not debug:
         for noisy in ("botocore", "boto3", "urllib3", "paramiko"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except FactoryError as exc:
         if debug:
-            traceback.print_exc()
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
         click.echo(f"error: {redact(exc.message)}", err=True)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(ExitCode.INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
         if debug:
-            traceback.print_exc()
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
         click.echo(
             f"internal error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with --debug)",
             err=True,

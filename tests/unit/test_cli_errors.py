@@ -1,0 +1,99 @@
+"""How the CLI fails: secrets never in --debug logs, usage errors in one line, JSON on stdout."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from factory.aws import AwsClients, AwsTarget
+from factory.redact import redact
+
+# Temporary credentials shaped like STS's (an ASIA key id, a long token); nothing matches them
+# by pattern alone except where they sit in SigV4 headers.
+ACCESS_KEY_ID = "ASIAUNITTESTKEY00042"
+SECRET_KEY = "UnitTestSecretKey0042abcdefghijklmnopqrst"
+SESSION_TOKEN = "UnitTestSessionToken0042" + "Zq9" * 40
+
+
+class _Reject(http.server.BaseHTTPRequestHandler):
+    """An AWS endpoint that turns every request down at once (no retries, no waiting)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"__type":"UnrecognizedClientException","message":"The token is invalid."}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def rejecting_endpoint() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Reject)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_factory(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_debug_logs_never_show_the_session_credentials(rejecting_endpoint: str) -> None:
+    proc = run_factory(
+        ["--debug", "images", "list"],
+        {
+            "AWS_ENDPOINT_URL": rejecting_endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_SESSION_TOKEN": SESSION_TOKEN,
+        },
+    )
+    assert proc.returncode == 2, proc.stderr
+    # the request went out and botocore logged it, headers and all
+    assert "Sending http request" in proc.stderr
+    assert "X-Amz-Security-Token': b'***'" in proc.stderr
+    assert "Signature=***" in proc.stderr
+    for secret in (SESSION_TOKEN, SESSION_TOKEN[:24], SECRET_KEY, ACCESS_KEY_ID):
+        assert secret not in proc.stderr
+        assert secret not in proc.stdout
+
+
+def test_making_a_client_registers_the_session_secrets() -> None:
+    import boto3
+
+    token, secret = "tok-" + "q7" * 30, "sec-" + "w3" * 20
+    session = boto3.Session(
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+        region_name="us-east-1",
+    )
+    clients = AwsClients(AwsTarget("us-east-1"), session)
+    assert token in redact(f"x {token} y"), "registered before any client exists"
+    clients.client("ec2")
+    assert redact(f"x {token} y {secret} z") == "x *** y *** z"
