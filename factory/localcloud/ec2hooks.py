@@ -110,6 +110,13 @@ def _add_base_image(backend: Any) -> None:
         runtime.register_base_image(ami_id)
 
 
+def image_copied(source_image_id: str, ami_id: str) -> None:
+    """Give the copy `ami_id` the layers of its source, so it boots like it (any account)."""
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.image_copied(source_image_id, ami_id)
+
+
 def _set_address(instance: Any, address: str) -> None:
     """Make the instance's primary interface report the sandbox's loopback address."""
     nic = instance.nics.get(0)
@@ -225,9 +232,7 @@ def _patch() -> None:  # noqa: PLR0915 - one place that lists every hook
 
     def _copy_image_hook(self: Any, source_image_id: str, *args: Any, **kwargs: Any) -> Any:
         ami = copy_image(self, source_image_id, *args, **kwargs)
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.image_copied(source_image_id, ami.id)
+        image_copied(source_image_id, ami.id)
         return ami
 
     def _deregister_image_hook(self: Any, ami_id: str, *args: Any, **kwargs: Any) -> Any:

@@ -33,6 +33,7 @@ EXTENSIONS = (
     "factory.localcloud.ext_refresh",
     "factory.localcloud.ext_kms",
     "factory.localcloud.ext_connect",
+    "factory.localcloud.ext_copy",
 )
 
 

@@ -177,11 +177,6 @@ def test_unverified_or_revoked_images_are_refused(world: World, status: str) -> 
     assert _copies(world.clients.for_region(TARGET), origin) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the local cloud cannot yet CopyImage another account's shared AMI (moto looks the "
-    "source up in the caller's own account); the design lists it as a local-cloud extension",
-)
 def test_promote_to_another_account(world: World) -> None:
     origin = f"{world.clients.account_id}:{REGION}:{world.ami}"
     other = _other_account(world, TARGET)
@@ -195,3 +190,19 @@ def test_promote_to_another_account(world: World) -> None:
     assert tags_dict(image["Tags"])[T.STATUS] == "verified"
     again = _factory(world, "-O", "json", "promote", world.ami, "--to", "prod")
     assert [c["action"] for c in json.loads(again.stdout)["copies"]] == ["reused"]
+    # the copy is the other account's own image: it boots there (the share already withdrawn),
+    # with what the source's user data wrote (user data that fails leaves the instance impaired)
+    ec2 = other.client("ec2")
+    instance = ec2.run_instances(
+        ImageId=image["ImageId"],
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.micro",
+        UserData="#!/bin/sh\ngrep -qx promoted /etc/promote-marker\n",
+    )["Instances"][0]["InstanceId"]
+    try:
+        _wait(lambda: _health(ec2, instance) == "ok", 60, f"{instance} in {OTHER} healthy")
+        console = ec2.get_console_output(InstanceId=instance).get("Output", "")
+        assert "BEGIN SSH HOST KEY FINGERPRINTS" in console  # a sandbox booted, not moto's stub
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])
