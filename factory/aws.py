@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 from botocore import xform_name
 
 from factory.errors import AwsError, ConfigError
@@ -155,8 +156,10 @@ class _RegisterCredentials:
 
 
 def _make_client(session: boto3.Session, service: str, **kwargs: Any) -> Any:
-    """`session.client(...)`, with the session's secrets registered."""
-    client = session.client(service, **kwargs)
+    """`session.client(...)`, with a bad region as a one-line error, the session's secrets
+    registered."""
+    with aws_errors(f"{service}: client for region {kwargs.get('region_name')}"):
+        client = session.client(service, **kwargs)
     register_session_credentials(session)
     return client
 
@@ -214,6 +217,17 @@ def aws_errors(action: str) -> Iterator[None]:
         raise ConfigError(
             f"{action}: cannot reach {exc.kwargs.get('endpoint_url', 'the AWS endpoint')}; "
             "check AWS_ENDPOINT_URL or start the local cloud with `factory local up`"
+        ) from None
+    except botocore.exceptions.InvalidRegionError as exc:
+        raise ConfigError(
+            f"{action}: {exc.kwargs.get('region_name')!r} is not a region name; "
+            "check --region, AWS_REGION or factory.toml (e.g. us-east-1)"
+        ) from None
+    except botocore.parsers.ResponseParserError:
+        # not an AWS answer: moto's HTML 500 for a well-formed but unknown region, a proxy's page
+        raise AwsError(
+            f"{action}: the endpoint's answer is not an AWS response; check the region "
+            "(--region, AWS_REGION, factory.toml) and AWS_ENDPOINT_URL"
         ) from None
     except botocore.exceptions.ClientError as exc:
         err = exc.response.get("Error", {})

@@ -9,9 +9,12 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import botocore.exceptions
+import botocore.parsers
 import pytest
 
-from factory.aws import AwsClients, AwsTarget
+from factory.aws import AwsClients, AwsTarget, aws_errors
+from factory.errors import AwsError, ConfigError, FactoryError
 from factory.redact import redact
 
 # Temporary credentials shaped like STS's (an ASIA key id, a long token); nothing matches them
@@ -97,3 +100,43 @@ def test_making_a_client_registers_the_session_secrets() -> None:
     assert token in redact(f"x {token} y"), "registered before any client exists"
     clients.client("ec2")
     assert redact(f"x {token} y {secret} z") == "x *** y *** z"
+
+
+# botocore errors that used to come out as "internal error"
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "words"),
+    [
+        (
+            botocore.parsers.ResponseParserError("Unable to parse response (not well-formed)"),
+            AwsError,
+            ["ec2:DescribeImages", "not an AWS response", "check the region", "AWS_ENDPOINT_URL"],
+        ),
+        (
+            botocore.exceptions.InvalidRegionError(region_name="xx foo"),
+            ConfigError,
+            ["ec2:DescribeImages", "'xx foo' is not a region name", "--region", "AWS_REGION"],
+        ),
+    ],
+    ids=["response-parser", "invalid-region"],
+)
+def test_aws_errors_name_the_action_and_the_fix(
+    exc: BaseException, kind: type[FactoryError], words: list[str]
+) -> None:
+    with pytest.raises(kind) as caught, aws_errors("ec2:DescribeImages"):
+        _raise(exc)
+    message = caught.value.message
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_client_for_a_malformed_region_is_a_config_error() -> None:
+    clients = AwsClients(AwsTarget("not a region!"))
+    with pytest.raises(ConfigError, match="'not a region!' is not a region name; check --region"):
+        clients.client("ec2")
