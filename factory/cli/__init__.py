@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    except click.UsageError as exc:  # BadParameter, NoSuchOption, a missing argument, ...
+        # one line, not Click's four (usage, "Try ...", blank, error)
+        path = exc.ctx.command_path if exc.ctx is not None else "factory"
+        message = " ".join(exc.format_message().split()).removesuffix(".")
+        click.echo(f"error: {redact(message)} (see `{path} --help`)", err=True)
+        sys.exit(ExitCode.USAGE)
     except click.ClickException as exc:
         exc.show()
         sys.exit(ExitCode.USAGE)

@@ -13,6 +13,7 @@ import botocore.exceptions
 import botocore.parsers
 import pytest
 
+import factory.cli
 from factory.aws import AwsClients, AwsTarget, aws_errors
 from factory.errors import AwsError, ConfigError, FactoryError
 from factory.redact import redact
@@ -140,3 +141,52 @@ def test_a_client_for_a_malformed_region_is_a_config_error() -> None:
     clients = AwsClients(AwsTarget("not a region!"))
     with pytest.raises(ConfigError, match="'not a region!' is not a region name; check --region"):
         clients.client("ec2")
+
+
+# Click's usage errors: one line, exit 2, pointing at the command's --help
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        factory.cli.main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["render"], "error: Missing argument 'FAMILY' (see `factory render --help`)"),
+        (
+            ["local", "up", "--port", "0"],
+            "error: Invalid value for '--port': 0 is not in the range 1<=x<=65535 "
+            "(see `factory local up --help`)",
+        ),
+        (
+            ["-O", "yaml", "images", "list"],
+            "error: Invalid value for '--output' / '-O': 'yaml' is not one of 'text', 'json' "
+            "(see `factory --help`)",
+        ),
+        (["render", "--nope"], "error: No such option '--nope' (see `factory render --help`)"),
+        (["no-such-command"], "error: No such command 'no-such-command' (see `factory --help`)"),
+        (
+            ["biuld"],
+            "error: No such command 'biuld'. Did you mean 'build'? (see `factory --help`)",
+        ),
+    ],
+    ids=["missing-argument", "int-range", "bad-choice", "unknown-option", "unknown", "typo"],
+)
+def test_usage_errors_are_one_line_exit_2(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main(argv, capsys)
+    assert code == 2
+    assert err == expected + "\n"
+    assert out == ""
+
+
+def test_help_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(["local", "up", "--help"], capsys)
+    assert code == 0
+    assert err == ""
+    assert out.startswith("Usage: factory local up [OPTIONS]\n\n  Start the local cloud")
