@@ -20,6 +20,7 @@ from factory import (
     channels,
     fleet,
     inuse,
+    nightly,
     promote,
     provenance,
     retire,
@@ -138,6 +139,7 @@ ROLES = (
             Source("channels", channels.PERMISSIONS),
             Source("provenance", provenance.PERMISSIONS),
             Source("signing", signing.PERMISSIONS),
+            Source("nightly", nightly.PERMISSIONS),
         ),
     ),
     JobRole(

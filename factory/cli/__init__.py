@@ -49,6 +49,10 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "local",
         "The embedded local cloud: AWS on this machine (moto server + sandboxed instances).",
     ),
+    "pipeline": LazyCommand(
+        "pipeline",
+        "The nightly rebuild: build, verify and publish every family under a lock held in AWS.",
+    ),
     "promote": LazyCommand(
         "promote",
         "Copy verified AMI_ID into an environment's account and regions (dev -> staging -> prod).",
