@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # the work ran and its answer is "no" (a failed build, test, check)
     USAGE = 2  # bad input or set-up: nothing was changed, the message says what to do
+    BUSY = 3  # another run holds the lock (the nightly pipeline): nothing was done, try later
     INTERRUPTED = 130  # SIGINT (Ctrl-C)
     TERMINATED = 143  # SIGTERM
 

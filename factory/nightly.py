@@ -51,7 +51,7 @@ PERMISSIONS = (
 
 LOCK_PARAMETER = "/factory/locks/pipeline"
 DEFAULT_LOCK_TTL = 4 * 3600  # seconds; renewed before each family, so a long run keeps it
-LOCKED_EXIT = 3  # another run holds the lock: not bad input (2), not a failed image (1)
+LOCKED_EXIT = ExitCode.BUSY  # another run holds the lock: not bad input (2), not a failure (1)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class LockHeld(FactoryError):
         super().__init__(
             f"another pipeline run holds {holder.parameter}: {holder.describe()}; "
             "nothing was done (if that run is dead, `factory pipeline unlock`)",
-            ExitCode.USAGE,
+            ExitCode.BUSY,
         )
         self.holder = holder
 

@@ -8,16 +8,17 @@ message and an exit code here, and only here.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 import traceback
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, NoReturn
 
 import click
 
 from factory import __version__
-from factory.cli.context import OUTPUT_CHOICES, CliContext
+from factory.cli.context import CURRENT, OUTPUT_CHOICES, CliContext, json_requested
 from factory.errors import ExitCode, FactoryError
 from factory.redact import redact, redact_logging
 
@@ -191,42 +192,53 @@ def cli(
         debug=debug,
         quiet=quiet,
     )
+    CURRENT.set(ctx.obj)
+
+
+def _fail(message: str, code: int, args: Sequence[str]) -> NoReturn:
+    """One `error:` line on stderr; with JSON output and no result printed yet, the error as
+    one JSON object on stdout too, so a script parsing stdout always gets JSON."""
+    message = redact(message)
+    click.echo(message, err=True)
+    current = CURRENT.get()
+    wants_json = json_requested(args) or (current is not None and current.json)
+    if wants_json and not (current is not None and current.emitted):
+        text = message.removeprefix("error: ").removeprefix("internal error: ")
+        click.echo(json.dumps({"error": text, "exit_code": int(code)}))
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the CLI, turning errors into a message and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    CURRENT.set(None)
     try:
-        cli.main(args=args, prog_name="factory", standalone_mode=False)
+        returned = cli.main(args=args, prog_name="factory", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        _fail("aborted", ExitCode.INTERRUPTED, args)
     except click.UsageError as exc:  # BadParameter, NoSuchOption, a missing argument, ...
         # one line, not Click's four (usage, "Try ...", blank, error)
         path = exc.ctx.command_path if exc.ctx is not None else "factory"
         message = " ".join(exc.format_message().split()).removesuffix(".")
-        click.echo(f"error: {redact(message)} (see `{path} --help`)", err=True)
-        sys.exit(ExitCode.USAGE)
+        _fail(f"error: {message} (see `{path} --help`)", ExitCode.USAGE, args)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE)
+        _fail(f"error: {exc.format_message()}", ExitCode.USAGE, args)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except FactoryError as exc:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
-        click.echo(f"error: {redact(exc.message)}", err=True)
-        sys.exit(int(exc.exit_code))
+        _fail(f"error: {exc.message}", int(exc.exit_code), args)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        _fail("interrupted", ExitCode.INTERRUPTED, args)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
-        click.echo(
-            f"internal error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with --debug)",
-            err=True,
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+            ExitCode.FAILED,
+            args,
         )
-        sys.exit(ExitCode.FAILED)
-    sys.exit(ExitCode.OK)
+    # without standalone mode Click returns the code of a command's `ctx.exit(code)`
+    sys.exit(returned if isinstance(returned, int) else ExitCode.OK)

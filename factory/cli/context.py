@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ class CliContext:
     quiet: bool
     _config: FactoryConfig | None = field(default=None, repr=False)
     _clients: dict[str, AwsClients] = field(default_factory=dict, repr=False)
+    emitted: bool = field(default=False, repr=False)  # a result is on stdout already
 
     @property
     def config(self) -> FactoryConfig:
@@ -61,6 +64,25 @@ class CliContext:
 
     def emit(self, result: Any, human: str | None = None) -> None:
         emit(result, self.output, human)
+        self.emitted = True
+
+
+# The command line being run (main() reads it to report an error the way output was asked for).
+CURRENT: ContextVar[CliContext | None] = ContextVar("factory_cli_context", default=None)
+
+
+def json_requested(args: Sequence[str]) -> bool:
+    """Whether `args` ask for JSON output (-O json, -Ojson, --output json, --output=json; the
+    last one counts), for errors raised before or after the options were parsed."""
+    mode = None
+    for i, arg in enumerate(args):
+        if arg in ("-O", "--output") and i + 1 < len(args):
+            mode = args[i + 1]
+        elif arg.startswith("--output="):
+            mode = arg.removeprefix("--output=")
+        elif arg.startswith("-O") and len(arg) > 2:
+            mode = arg[2:]
+    return mode == "json"
 
 
 pass_cli = click.make_pass_decorator(CliContext)

@@ -17,7 +17,6 @@ from factory.inuse import ScanTarget, find_in_use
 from factory.nightly import (
     DEFAULT_LOCK_TTL,
     LOCK_PARAMETER,
-    LOCKED_EXIT,
     AwsSteps,
     LockHeld,
     RunSettings,
@@ -139,10 +138,7 @@ def run_cmd(
         if report is not None:
             report.write_text(redact(f"# Nightly pipeline: not run\n\n{exc.message}\n"))
         cli.emit({"locked": True, "holder": exc.holder, "message": exc.message})
-        click.echo(f"error: {redact(exc.message)}", err=True)
-        # ExitCode has no member for "someone else is running" yet; a SystemExit passes
-        # through factory.cli.main unchanged (a click Exit would be turned into 0 there).
-        sys.exit(LOCKED_EXIT)
+        raise  # main() says it in one line and exits ExitCode.BUSY
     if report is not None:
         report.write_text(render_markdown(result))
     cli.emit(result, render_text(result))

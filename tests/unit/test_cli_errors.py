@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from collections.abc import Iterator
 
 import botocore.exceptions
 import botocore.parsers
+import click
 import pytest
 
 import factory.cli
 from factory.aws import AwsClients, AwsTarget, aws_errors
+from factory.cli.context import CURRENT, CliContext
 from factory.errors import AwsError, ConfigError, FactoryError
 from factory.redact import redact
 
@@ -190,3 +193,59 @@ def test_help_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert err == ""
     assert out.startswith("Usage: factory local up [OPTIONS]\n\n  Start the local cloud")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "code"),
+    [
+        (["-O", "json", "verify"], "name at least one AMI id (or --instance INSTANCE_ID)", 2),
+        (["verify", "--output=json"], "name at least one AMI id (or --instance INSTANCE_ID)", 2),
+        (
+            ["-Ojson", "render", "--nope"],
+            "No such option '--nope' (see `factory render --help`)",
+            2,
+        ),
+    ],
+    ids=["global-option", "command-option", "usage-error"],
+)
+def test_json_output_gets_the_error_as_json_on_stdout(
+    argv: list[str], message: str, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exit_code, out, err = run_main(argv, capsys)
+    assert exit_code == code
+    assert json.loads(out) == {"error": message, "exit_code": code}
+    assert err == f"error: {message}\n"  # stderr says it too, in one line
+
+
+def test_text_output_keeps_stdout_empty_after_a_json_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_main(["-O", "json", "verify"], capsys)
+    exit_code, out, _ = run_main(["verify"], capsys)  # same process: nothing carried over
+    assert exit_code == 2 and out == ""
+
+
+def test_no_error_object_after_a_result_was_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A command that printed its (failed) result already: stdout stays one JSON document."""
+    current = CliContext(None, None, None, "json", debug=False, quiet=True)
+    current.emit({"ok": False})
+    CURRENT.set(current)
+    with pytest.raises(SystemExit) as exited:
+        factory.cli._fail("error: 1 test failed", 1, [])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1
+    assert json.loads(out) == {"ok": False}
+    assert err == "error: 1 test failed\n"
+
+
+def test_a_command_exit_code_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    @factory.cli.cli.command("exit-three", hidden=True)
+    @click.pass_context
+    def _exit_three(ctx: click.Context) -> None:
+        ctx.exit(3)
+
+    try:
+        exit_code, _, _ = run_main(["exit-three"], capsys)
+    finally:
+        factory.cli.cli.commands.pop("exit-three", None)
+    assert exit_code == 3
