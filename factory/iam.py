@@ -95,6 +95,7 @@ ACTION_SCOPES = {
     "ssm:GetParameters": "ChannelParameters",
     "ssm:GetParametersByPath": "ChannelParameters",
     "ssm:PutParameter": "ChannelParameters",
+    "ssm:DeleteParameter": "ChannelParameters",  # the nightly lock, /factory/locks/pipeline
     "s3:CreateBucket": "ProvenanceBucket",
     "s3:ListBucket": "ProvenanceBucket",
     "s3:PutBucketVersioning": "ProvenanceBucket",
