@@ -15,20 +15,17 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 import botocore.exceptions
 
+from factory import process
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, error_code, tags_dict
 from factory.build import apply_build, prepare_build
@@ -263,40 +260,6 @@ def break_lock(clients: AwsClients, parameter: str = LOCK_PARAMETER) -> LockInfo
     if holder is not None:
         _delete(clients, parameter)
     return holder
-
-
-class _Signals:
-    """SIGTERM takes the same path as Ctrl-C (`Interrupted`); deferred while the lock is freed."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._deferring = False
-
-    def handler(self, signum: int, _frame: FrameType | None) -> None:
-        self.signum = self.signum or signum
-        if not self._deferring:
-            raise Interrupted(signum)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old_int = signal.signal(signal.SIGINT, self.handler)
-        old_term = signal.signal(signal.SIGTERM, self.handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-
-    @contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
 
 
 # ---- families ------------------------------------------------------------------------------
@@ -633,7 +596,7 @@ def run_nightly(
     progress = progress or Progress(quiet=True)
     started = clock()
     run_id = new_run_id(started)
-    signals = _Signals()
+    signals = process.Interrupts()
     results: list[FamilyResult] = []
     summary: RetireSummary | None = None
     error: str | None = None
@@ -667,7 +630,7 @@ def run_nightly(
         except LockLost as exc:
             error = exc.message
         finally:
-            with signals.deferred():
+            with signals.shielded():
                 try:
                     released = release_lock(clients, lock)
                 except FactoryError as exc:

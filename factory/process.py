@@ -8,6 +8,7 @@ raises `Interrupted` so the CLI exits 130/143.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -62,18 +63,62 @@ class _SignalTrap:
 
 
 @contextmanager
-def trap_signals() -> Iterator[_SignalTrap]:
-    trap = _SignalTrap()
+def signals_to(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block. Main thread only: Python installs
+    handlers nowhere else (worker threads poll an event instead)."""
     if threading.current_thread() is not threading.main_thread():
-        yield trap
+        yield
         return
-    old_int = signal.signal(signal.SIGINT, trap.handler)
-    old_term = signal.signal(signal.SIGTERM, trap.handler)
+    old_int = signal.signal(signal.SIGINT, handler)
+    old_term = signal.signal(signal.SIGTERM, handler)
     try:
-        yield trap
+        yield
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+
+
+@contextmanager
+def trap_signals() -> Iterator[_SignalTrap]:
+    trap = _SignalTrap()
+    with signals_to(trap.handler):
+        yield trap
+
+
+class Interrupts:
+    """SIGINT/SIGTERM become `Interrupted` in the main thread, except while cleanup is shielded
+    (then they are only recorded: `check()` raises afterwards). Worker threads never see
+    signals: they poll `cancelled`. verify, promote and the nightly pipeline use one each."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.cancelled = threading.Event()
+        self._shield = 0
+        self._lock = threading.Lock()
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        self.cancelled.set()
+        if not self._shield:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Interrupted(self.signum or signal.SIGINT)
+
+    def installed(self) -> contextlib.AbstractContextManager[None]:
+        return signals_to(self.handler)
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Cleanup runs to the end; a signal meanwhile is only recorded."""
+        with self._lock:
+            self._shield += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._shield -= 1
 
 
 def run(

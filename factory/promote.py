@@ -15,15 +15,13 @@ then accept the copy like any verified image.
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
+from factory import process
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, call, paginate, tag_list, tags_dict
 from factory.catalog import deprecation_passed, describe_image, is_revoked
@@ -380,40 +378,6 @@ class _Run:
     done: dict[Key, PromotedCopy] = field(default_factory=dict)
 
 
-@contextmanager
-def _interrupts() -> Iterator[None]:
-    """SIGTERM becomes Interrupted like Ctrl-C (KeyboardInterrupt) does, in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(signum)
-
-    old = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(signal.SIGINT) from None
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextmanager
-def _shielded() -> Iterator[None]:
-    """Cleanup runs to the end: signals meanwhile are ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-
-
 def _share(plan: PromotionPlan, source: AwsClients, account: str, *, add: bool = True) -> None:
     """Grant (or withdraw) launch permission on the image and its snapshots to `account`."""
     ec2 = source.client("ec2")
@@ -574,29 +538,35 @@ def apply_promotion(
     pending: dict[Key, str] = {}
     actions: dict[Key, str] = {}
     warnings: list[str] = []
-    try:
-        with _interrupts():
-            for step in plan.steps:
-                key = (step.account, step.region)
-                run.started[key] = time.monotonic()
-                pending[key], actions[key] = _start(plan, step, source, targets[key], run, progress)
-            if wait:
-                _wait(pending, targets, run, actions, progress, timeout, sleep)
-            else:
-                for key, ami_id in pending.items():
-                    state, _ = _state(targets[key], ami_id)
-                    run.done[key] = PromotedCopy(*key, ami_id, actions[key], state, 0.0)
-    except Exception as exc:
-        with _shielded():
-            cleaned = _cleanup(plan, source, targets, run)
-        for line in cleaned:
-            progress.warn(f"cleanup: {line}")
-        what = "; ".join(cleaned) if cleaned else "nothing to clean up"
-        if isinstance(exc, Interrupted):
+    interrupts = process.Interrupts()  # SIGTERM like Ctrl-C; the cleanup is not cut short
+    with interrupts.installed():
+        try:
+            try:
+                for step in plan.steps:
+                    key = (step.account, step.region)
+                    run.started[key] = time.monotonic()
+                    pending[key], actions[key] = _start(
+                        plan, step, source, targets[key], run, progress
+                    )
+                if wait:
+                    _wait(pending, targets, run, actions, progress, timeout, sleep)
+                else:
+                    for key, ami_id in pending.items():
+                        state, _ = _state(targets[key], ami_id)
+                        run.done[key] = PromotedCopy(*key, ami_id, actions[key], state, 0.0)
+            except KeyboardInterrupt:  # Ctrl-C outside our handler (a worker, a test)
+                raise Interrupted(signal.SIGINT) from None
+        except Exception as exc:
+            with interrupts.shielded():
+                cleaned = _cleanup(plan, source, targets, run)
+            for line in cleaned:
+                progress.warn(f"cleanup: {line}")
+            what = "; ".join(cleaned) if cleaned else "nothing to clean up"
+            if isinstance(exc, Interrupted):
+                raise
+            if isinstance(exc, FactoryError):
+                raise type(exc)(f"{exc.message}; cleanup: {what}", exc.exit_code) from None
             raise
-        if isinstance(exc, FactoryError):
-            raise type(exc)(f"{exc.message}; cleanup: {what}", exc.exit_code) from None
-        raise
     if run.shared and wait:
         # every copy is available and independent of the source: the share is not needed
         for account in run.shared:

@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paramiko
@@ -755,53 +753,6 @@ def _public_ip() -> str:
 # signals
 
 
-class _Interrupts:
-    """SIGINT/SIGTERM become `Interrupted` in the main thread, except while cleanup is shielded.
-
-    Worker threads (--parallel) never see signals: they poll `cancelled`.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.cancelled = threading.Event()
-        self._shield = 0
-        self._lock = threading.Lock()
-
-    def handler(self, signum: int, _frame: FrameType | None) -> None:
-        self.signum = self.signum or signum
-        self.cancelled.set()
-        if not self._shield:
-            raise Interrupted(signum)
-
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise Interrupted(self.signum or signal.SIGINT)
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old_int = signal.signal(signal.SIGINT, self.handler)
-        old_term = signal.signal(signal.SIGTERM, self.handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-
-    @contextmanager
-    def shielded(self) -> Iterator[None]:
-        """Cleanup runs to the end; a signal meanwhile is only recorded."""
-        with self._lock:
-            self._shield += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._shield -= 1
-
-
 # ---------------------------------------------------------------------------------------------
 # one image
 
@@ -839,7 +790,7 @@ class _Verification:
         settings: VerifySettings,
         output_dir: Path,
         progress: Progress,
-        interrupts: _Interrupts,
+        interrupts: process.Interrupts,
     ) -> None:
         self.clients = clients
         self.ec2 = clients.client("ec2")
@@ -1656,7 +1607,7 @@ def verify_instance(
         tags=dict(image.tags),
         tag_verdict=False,
     )
-    interrupts = _Interrupts()
+    interrupts = process.Interrupts()
     job = _LiveVerification(
         instance=facts,
         ssh_key=ssh_key,
@@ -1689,7 +1640,7 @@ def apply_verify(
     progress = progress or Progress(quiet=True)
     for warning in plan.warnings:
         progress.warn(warning)
-    interrupts = _Interrupts()
+    interrupts = process.Interrupts()
     jobs = [
         _Verification(
             clients=clients,
@@ -1712,7 +1663,7 @@ def apply_verify(
 
 
 def _run_parallel(
-    jobs: list[_Verification], workers: int, interrupts: _Interrupts
+    jobs: list[_Verification], workers: int, interrupts: process.Interrupts
 ) -> list[VerifyResult]:
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
     futures: list[Future[VerifyResult]] = [pool.submit(job.run) for job in jobs]

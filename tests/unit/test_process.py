@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from factory import process
 from factory.errors import ConfigError, FactoryError, Interrupted, PackerError
 from factory.process import child_env, run
 
@@ -87,3 +89,27 @@ def test_sigterm_is_forwarded_as_sigint_and_waited_for(tmp_path: Path) -> None:
 def test_interrupted_exit_codes() -> None:
     assert Interrupted(signal.SIGINT).exit_code == 130
     assert Interrupted(signal.SIGTERM).exit_code == 143
+
+
+def test_interrupts_turn_sigterm_into_interrupted_and_restore_handlers() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    interrupts = process.Interrupts()
+    with pytest.raises(Interrupted) as stopped, interrupts.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises long before this ends
+    assert stopped.value.signum == signal.SIGTERM
+    assert interrupts.cancelled.is_set()  # workers polling the event stop too
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_during_shielded_cleanup_is_recorded_then_raised_by_check() -> None:
+    interrupts = process.Interrupts()
+    finished = []
+    with interrupts.installed():
+        with interrupts.shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            finished.append("cleanup")  # not cut short
+        with pytest.raises(Interrupted) as stopped:
+            interrupts.check()
+    assert finished == ["cleanup"] and stopped.value.signum == signal.SIGINT

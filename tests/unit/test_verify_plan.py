@@ -27,7 +27,6 @@ from factory.verify import (
     Suite,
     VerifySettings,
     VerifyTarget,
-    _Interrupts,
     _Resources,
     _Verification,
     caller_cidr,
@@ -245,7 +244,7 @@ def test_cleanup_removes_what_an_interrupted_run_created(
         settings=VerifySettings(),
         output_dir=tmp_path,
         progress=Progress(quiet=True),
-        interrupts=_Interrupts(),
+        interrupts=process.Interrupts(),
     )
     workdir = tmp_path / "work"
     workdir.mkdir()
