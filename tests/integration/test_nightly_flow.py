@@ -101,7 +101,9 @@ def _leftovers(clients: AwsClients) -> list[str]:
 @pytest.fixture(scope="module")
 def first_run(project: Project) -> dict[str, Any]:
     report = project.root / "nightly.md"
-    result = project.run("pipeline", "run", "-O", "json", "--report", str(report))
+    # --rebuild: the session's local cloud may already hold a base built from the same inputs
+    # (other test modules build it too); this run must build its own
+    result = project.run("pipeline", "run", "--rebuild", "-O", "json", "--report", str(report))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "broken" in result.stderr and "Traceback" not in result.stderr
     doc = dict(json.loads(result.stdout))
