@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -43,6 +43,9 @@ from factory.rollout import (
     plan_rollout,
     rollback,
 )
+
+if TYPE_CHECKING:  # factory.verify imports paramiko: only --verify-live pays for it
+    from factory.verify import VerifyResult
 
 
 class RolloutGroup(click.Group):
@@ -120,13 +123,13 @@ def verify_live_function(
     return _run
 
 
-def live_detail(result: Any) -> str:
+def live_detail(result: VerifyResult) -> str:
     """One line on a live verification: what passed or failed, where the results are."""
-    where = f"{result.instance_id}"
     if result.error:
-        return f"could not verify {where}: {result.error}"
-    counts = f"{result.passed} passed, {result.failed + result.errors} failed, " + (
-        f"{result.skipped} skipped on {where}"
+        return f"could not verify {result.instance_id}: {result.error}"
+    counts = (
+        f"{result.passed} passed, {result.failed + result.errors} failed, "
+        f"{result.skipped} skipped on {result.instance_id}"
     )
     failing = f"; failing: {', '.join(result.failing_tests[:5])}" if result.failing_tests else ""
     more = " ..." if len(result.failing_tests) > 5 else ""
