@@ -804,6 +804,7 @@ class _Verification:
         self._address: str | None = None
 
     # what the SSH wait says when the instance refuses the key (the live kind says otherwise)
+    live = False  # the live kind verifies an instance it did not launch
     auth_grace = AUTH_GRACE
     key_description = "the launch key"
     auth_hint = "is --ssh-user the image's login user?"
@@ -830,6 +831,7 @@ class _Verification:
             suite_dirs=self.target.suite.dirs,
             suite_digest=self.target.suite.digest,
             instance_type=self.settings.instance_type,
+            live=self.live,
         )
         keep = False
         try:
@@ -1458,6 +1460,7 @@ class _LiveVerification(_Verification):
     AWS and nothing is tagged: the image's verdict stays what `factory verify` recorded.
     """
 
+    live = True
     auth_grace = LIVE_AUTH_GRACE
 
     def __init__(self, *, instance: InstanceFacts, ssh_key: Path | None, **kwargs: Any) -> None:
@@ -1486,11 +1489,10 @@ class _LiveVerification(_Verification):
         instance_id = self.instance.instance_id
         res.instance_id = instance_id
         address = self.instance.address
-        result = replace(result, instance_id=instance_id, live=True)
         if not address:
             raise VerificationError(f"{instance_id} has no IP address to reach it at")
         self._address = address
-        result = replace(result, instance_id=instance_id, address=address, live=True)
+        result = replace(result, instance_id=instance_id, address=address)
         if self.ssh_key is not None:
             key_path = self.ssh_key
             _, self._public_key = load_private_key(key_path)

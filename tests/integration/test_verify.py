@@ -544,6 +544,7 @@ def test_live_verification_with_the_instances_key_pair(
         )
         assert wrong.outcome is Outcome.ERROR
         assert wrong.error is not None and "keeps refusing --ssh-key" in wrong.error
+        assert wrong.live and wrong.instance_id == instance_id  # says which instance refused
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
         ec2.delete_key_pair(KeyName=name)

@@ -220,7 +220,7 @@ def ssh_server(keys: Keys) -> Iterator[Server]:
             transports.append(transport)
             try:
                 transport.start_server(server=_Server(client_key))
-            except (paramiko.SSHException, EOFError):
+            except (paramiko.SSHException, EOFError, OSError):  # the client hung up: expected
                 continue
 
     thread = threading.Thread(target=_serve, daemon=True)
