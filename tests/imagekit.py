@@ -1,17 +1,83 @@
-"""Test helpers: factory-tagged AMIs as a build would leave them, registered through the EC2 API."""
+"""Test helpers: factory-tagged AMIs as a build would leave them, registered through the EC2 API;
+and, for the local cloud's tiers, waiting for conditions and for instances to be healthy."""
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from factory import tags as T
 from factory.aws import AwsClients, tag_list
 from factory.provenance import BuildFacts, FileDigest, sha256_file
 
 _counter = itertools.count(1)
+V = TypeVar("V")
+
+
+def wait_for(probe: Callable[[], V | None], timeout: float = 20.0, what: str = "condition") -> V:
+    """Poll `probe` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def instance_health(ec2: Any, instance_ids: Sequence[str]) -> dict[str, str]:
+    """Instance id -> DescribeInstanceStatus's instance status (ok, impaired, initializing)."""
+    if not instance_ids:
+        return {}
+    statuses = ec2.describe_instance_status(
+        InstanceIds=list(instance_ids), IncludeAllInstances=True
+    )["InstanceStatuses"]
+    return {s["InstanceId"]: s["InstanceStatus"]["Status"] for s in statuses}
+
+
+def wait_healthy(ec2: Any, instance_ids: Sequence[str], timeout: float = 60.0) -> None:
+    """Until every instance is `ok` (the local cloud: sshd up and user data exited 0)."""
+    wait_for(
+        lambda: all(instance_health(ec2, instance_ids).get(i) == "ok" for i in instance_ids),
+        timeout,
+        f"{', '.join(instance_ids)} healthy",
+    )
+
+
+def image_from_user_data(
+    clients: AwsClients, user_data: str, name: str, image_tags: dict[str, str]
+) -> str:
+    """Boot the base image, let `user_data` change it, CreateImage (no reboot), tag the AMI."""
+    ec2 = clients.client("ec2")
+    instance = ec2.run_instances(
+        ImageId=debian_base(ec2),
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.micro",
+        UserData=user_data,
+    )["Instances"][0]["InstanceId"]
+    try:
+        wait_healthy(ec2, [instance])
+        ami = str(ec2.create_image(InstanceId=instance, Name=name, NoReboot=True)["ImageId"])
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])
+    ec2.create_tags(Resources=[ami], Tags=tag_list(image_tags))
+    return ami
+
+
+def debian_base(ec2: Any) -> str:
+    """The local cloud's Debian 12 base image in this client's account and region."""
+    from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
+
+    images = ec2.describe_images(
+        Owners=[DEBIAN_OWNER_ID], Filters=[{"Name": "name", "Values": [DEBIAN_12_NAME_PATTERN]}]
+    )["Images"]
+    assert len(images) == 1, [i["ImageId"] for i in images]
+    return str(images[0]["ImageId"])
 
 
 def register_base(clients: AwsClients, name: str = "debian-12-amd64-test") -> str:

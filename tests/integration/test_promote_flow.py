@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagekit import image_from_user_data, wait_healthy
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget, tag_list, tags_dict
-from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
+from factory.aws import AwsClients, AwsTarget, tags_dict
 
 pytestmark = [pytest.mark.integration, pytest.mark.runtime]
 
@@ -39,56 +38,20 @@ class World:
     config: Path
 
 
-def _wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _health(ec2: Any, instance_id: str) -> str | None:
-    statuses = ec2.describe_instance_status(InstanceIds=[instance_id], IncludeAllInstances=True)[
-        "InstanceStatuses"
-    ]
-    return str(statuses[0]["InstanceStatus"]["Status"]) if statuses else None
-
-
 def _make_image(clients: AwsClients, status: str) -> str:
     """Boot the base image, let user data mark it, CreateImage, tag it like a verified build."""
-    ec2 = clients.client("ec2")
-    base = ec2.describe_images(
-        Owners=[DEBIAN_OWNER_ID], Filters=[{"Name": "name", "Values": [DEBIAN_12_NAME_PATTERN]}]
-    )["Images"][0]["ImageId"]
-    instance = ec2.run_instances(
-        ImageId=base,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        UserData="#!/bin/sh\necho promoted > /etc/promote-marker\n",
-    )["Instances"][0]["InstanceId"]
-    try:
-        _wait(lambda: _health(ec2, instance) == "ok", 60, f"{instance} healthy")
-        ami = ec2.create_image(
-            InstanceId=instance, Name=f"promo-{uuid.uuid4().hex[:8]}", NoReboot=True
-        )["ImageId"]
-    finally:
-        ec2.terminate_instances(InstanceIds=[instance])
-    ec2.create_tags(
-        Resources=[ami],
-        Tags=tag_list(
-            {
-                T.FAMILY: "promo",
-                T.VERSION: "1",
-                T.STATUS: status,
-                T.SUITE_DIGEST: "sha256:" + "ab" * 32,
-                T.VERIFIED_AT: "2026-11-24T12:00:00Z",
-            }
-        ),
+    return image_from_user_data(
+        clients,
+        "#!/bin/sh\necho promoted > /etc/promote-marker\n",
+        f"promo-{uuid.uuid4().hex[:8]}",
+        {
+            T.FAMILY: "promo",
+            T.VERSION: "1",
+            T.STATUS: status,
+            T.SUITE_DIGEST: "sha256:" + "ab" * 32,
+            T.VERIFIED_AT: "2026-11-24T12:00:00Z",
+        },
     )
-    return str(ami)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +124,7 @@ def test_an_instance_of_the_promoted_copy_boots_in_the_other_region(world: World
         ImageId=image["ImageId"], MinCount=1, MaxCount=1, InstanceType="t3.micro"
     )["Instances"][0]["InstanceId"]
     try:
-        _wait(lambda: _health(ec2, instance) == "ok", 60, f"{instance} in {TARGET} healthy")
+        wait_healthy(ec2, [instance])
     finally:
         ec2.terminate_instances(InstanceIds=[instance])
 
@@ -201,7 +164,7 @@ def test_promote_to_another_account(world: World) -> None:
         UserData="#!/bin/sh\ngrep -qx promoted /etc/promote-marker\n",
     )["Instances"][0]["InstanceId"]
     try:
-        _wait(lambda: _health(ec2, instance) == "ok", 60, f"{instance} in {OTHER} healthy")
+        wait_healthy(ec2, [instance])
         console = ec2.get_console_output(InstanceId=instance).get("Output", "")
         assert "BEGIN SSH HOST KEY FINGERPRINTS" in console  # a sandbox booted, not moto's stub
     finally:

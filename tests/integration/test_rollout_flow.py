@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagekit import image_from_user_data, instance_health, wait_for, wait_healthy
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.aws import AwsClients, AwsTarget
 from factory.errors import RefusedError, VerificationError
 from factory.fleet import drift, parse_fleet
-from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
 from factory.output import Progress
 from factory.rollout import (
     LiveVerdict,
@@ -58,57 +58,23 @@ class World:
     template_id: str
 
 
-def _wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _health(ec2: Any, instance_ids: list[str]) -> dict[str, str]:
-    if not instance_ids:
-        return {}
-    statuses = ec2.describe_instance_status(InstanceIds=instance_ids, IncludeAllInstances=True)[
-        "InstanceStatuses"
-    ]
-    return {s["InstanceId"]: s["InstanceStatus"]["Status"] for s in statuses}
-
-
-def _make_image(clients: AwsClients, base: str, version: str, user_data: str) -> str:
+def _make_image(clients: AwsClients, version: str, user_data: str) -> str:
     """Boot the base image, let user data change it, CreateImage, tag it verified."""
-    ec2 = clients.client("ec2")
-    instance = ec2.run_instances(
-        ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro", UserData=user_data
-    )["Instances"][0]["InstanceId"]
-    try:
-        _wait(lambda: _health(ec2, [instance]).get(instance) == "ok", 60, f"{instance} healthy")
-        ami = ec2.create_image(
-            InstanceId=instance, Name=f"{FAMILY}-{version}-{uuid.uuid4().hex[:6]}", NoReboot=True
-        )["ImageId"]
-    finally:
-        ec2.terminate_instances(InstanceIds=[instance])
-    ec2.create_tags(
-        Resources=[ami],
-        Tags=tag_list({T.FAMILY: FAMILY, T.VERSION: version, T.STATUS: T.Status.VERIFIED.value}),
+    return image_from_user_data(
+        clients,
+        user_data,
+        f"{FAMILY}-{version}-{uuid.uuid4().hex[:6]}",
+        {T.FAMILY: FAMILY, T.VERSION: version, T.STATUS: T.Status.VERIFIED.value},
     )
-    return str(ami)
 
 
 @pytest.fixture(scope="module")
 def world(local_cloud: Any) -> Iterator[World]:
     clients = AwsClients(AwsTarget("us-east-1", endpoint_url=local_cloud.endpoint_url))
     ec2 = clients.client("ec2")
-    base = ec2.describe_images(
-        Owners=[DEBIAN_OWNER_ID], Filters=[{"Name": "name", "Values": [DEBIAN_12_NAME_PATTERN]}]
-    )["Images"][0]["ImageId"]
-    v1 = _make_image(clients, base, "1", "#!/bin/sh\necho v1 > /etc/image-version\n")
-    v2 = _make_image(clients, base, "2", "#!/bin/sh\necho v2 > /etc/image-version\n")
-    v3 = _make_image(
-        clients, base, "3", "#!/bin/sh\necho v3 > /etc/image-version\ntouch /etc/broken\n"
-    )
+    v1 = _make_image(clients, "1", "#!/bin/sh\necho v1 > /etc/image-version\n")
+    v2 = _make_image(clients, "2", "#!/bin/sh\necho v2 > /etc/image-version\n")
+    v3 = _make_image(clients, "3", "#!/bin/sh\necho v3 > /etc/image-version\ntouch /etc/broken\n")
     name = f"web-{uuid.uuid4().hex[:6]}"
     template = ec2.create_launch_template(
         LaunchTemplateName=name,
@@ -133,7 +99,7 @@ def world(local_cloud: Any) -> Iterator[World]:
             "AutoScalingGroups"
         ][0]["Instances"]
     ]
-    _wait(lambda: all(v == "ok" for v in _health(ec2, group_ids).values()), 60, "group healthy")
+    wait_healthy(ec2, group_ids)
     clients.client("ssm").put_parameter(
         Name=f"/factory/{FAMILY}/prod",
         Value=v2,
@@ -193,7 +159,7 @@ def test_rollout_v1_to_v2_keeps_min_healthy(world: World) -> None:
             ids = [
                 i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"
             ]
-            healthy = sum(1 for v in _health(ec2, ids).values() if v == "ok")
+            healthy = sum(1 for v in instance_health(ec2, ids).values() if v == "ok")
             lowest[0] = min(lowest[0], healthy)
             time.sleep(0.1)
 
@@ -375,7 +341,7 @@ def test_ctrl_c_without_a_terminal_cancels(world: World) -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
-        _wait(lambda: "started" in _latest_status_line(world, proc), 60, "the refresh to start")
+        wait_for(lambda: "started" in _latest_status_line(world, proc), 60, "the refresh to start")
         time.sleep(1.5)  # inside the first batch's warmup
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)

@@ -16,17 +16,17 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import paramiko
 import pytest
+from imagekit import debian_base, wait_for
 
 from factory.aws import AwsClients
 from factory.localcloud import control
-from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
 from factory.localcloud.runtime import address_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.runtime]
@@ -35,28 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGE_CACHE = Path(
     os.environ.get("FACTORY_LOCAL_IMAGE_CACHE", REPO / ".factory" / "cache" / "images")
 )
-T = TypeVar("T")
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _wait(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _base_ami(ec2: Any) -> str:
-    images = ec2.describe_images(
-        Owners=[DEBIAN_OWNER_ID], Filters=[{"Name": "name", "Values": [DEBIAN_12_NAME_PATTERN]}]
-    )["Images"]
-    assert len(images) == 1
-    return str(images[0]["ImageId"])
 
 
 def _key_pair(ec2: Any) -> tuple[str, paramiko.PKey]:
@@ -76,7 +57,7 @@ def _run(
 ) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"UserData": user_data} if user_data else {}
     run = ec2.run_instances(
-        ImageId=image_id or _base_ami(ec2),
+        ImageId=image_id or debian_base(ec2),
         MinCount=1,
         MaxCount=1,
         KeyName=key_name,
@@ -84,7 +65,7 @@ def _run(
         **kwargs,
     )
     instance_id = run["Instances"][0]["InstanceId"]
-    return _wait(
+    return wait_for(
         lambda: (i := _instance(ec2, instance_id))["State"]["Name"] == "running" and i,
         what=f"{instance_id} running",
     )
@@ -119,7 +100,7 @@ def _console(ec2: Any, instance_id: str) -> str:
 
 
 def _ssh(ec2: Any, instance: dict[str, Any], key: paramiko.PKey) -> paramiko.SSHClient:
-    fingerprints = _wait(
+    fingerprints = wait_for(
         lambda: console_host_keys(_console(ec2, instance["InstanceId"])),
         what="host key fingerprints in the console",
     )
@@ -206,7 +187,7 @@ def key(ec2: Any) -> tuple[str, paramiko.PKey]:
 
 
 def test_base_image_is_found_by_the_debian_filter(ec2: Any) -> None:
-    image = ec2.describe_images(ImageIds=[_base_ami(ec2)])["Images"][0]
+    image = ec2.describe_images(ImageIds=[debian_base(ec2)])["Images"][0]
     assert image["OwnerId"] == "136693071363"
     assert image["Name"].startswith("debian-12-amd64-")
     assert image["Architecture"] == "x86_64"
@@ -222,7 +203,7 @@ def test_instance_boots_with_key_user_data_and_printed_host_keys(
     assert time.monotonic() - started < 10
     address = instance["PrivateIpAddress"]
     assert address.startswith("127.") and instance["PublicIpAddress"] == address
-    _wait(lambda: _status(ec2, instance["InstanceId"]) == "ok", what="status ok")
+    wait_for(lambda: _status(ec2, instance["InstanceId"]) == "ok", what="status ok")
     console = _console(ec2, instance["InstanceId"])
     assert "-----BEGIN SSH HOST KEY KEYS-----" in console
     assert "user-data-says-hello" in console
@@ -243,11 +224,13 @@ def test_instance_boots_with_key_user_data_and_printed_host_keys(
 def test_each_instance_has_its_own_host_keys_and_address(
     ec2: Any, key: tuple[str, paramiko.PKey]
 ) -> None:
-    run = ec2.run_instances(ImageId=_base_ami(ec2), MinCount=3, MaxCount=3, KeyName=key[0])
+    run = ec2.run_instances(ImageId=debian_base(ec2), MinCount=3, MaxCount=3, KeyName=key[0])
     ids = [i["InstanceId"] for i in run["Instances"]]
     try:
         instances = [
-            _wait(lambda i=i: _instance(ec2, i)["State"]["Name"] == "running" and _instance(ec2, i))
+            wait_for(
+                lambda i=i: _instance(ec2, i)["State"]["Name"] == "running" and _instance(ec2, i)
+            )
             for i in ids
         ]
         assert len({i["PrivateIpAddress"] for i in instances}) == 3
@@ -264,7 +247,7 @@ def test_failing_user_data_makes_the_instance_impaired(
 ) -> None:
     instance = _run(ec2, key[0], user_data="#!/bin/sh\necho about-to-fail\nexit 3\n")
     try:
-        _wait(lambda: _status(ec2, instance["InstanceId"]) == "impaired", what="impaired")
+        wait_for(lambda: _status(ec2, instance["InstanceId"]) == "impaired", what="impaired")
         status = ec2.describe_instance_status(InstanceIds=[instance["InstanceId"]])
         details = status["InstanceStatuses"][0]["InstanceStatus"]["Details"]
         assert details[0]["Status"] == "failed"
@@ -292,7 +275,7 @@ def test_stop_keeps_the_disk_start_brings_it_back_terminate_removes_it(
     )
     assert (instance_dir / "upper" / "etc" / "kept-across-stop").is_file()
     ec2.start_instances(InstanceIds=[instance_id])
-    restarted = _wait(
+    restarted = wait_for(
         lambda: (i := _instance(ec2, instance_id))["State"]["Name"] == "running" and i
     )
     assert restarted["PublicIpAddress"] == address
@@ -365,7 +348,7 @@ def test_auto_scaling_instances_are_sandboxes(
     ec2.create_launch_template(
         LaunchTemplateName=name,
         LaunchTemplateData={
-            "ImageId": _base_ami(ec2),
+            "ImageId": debian_base(ec2),
             "InstanceType": "t3.micro",
             "KeyName": key[0],
             "UserData": user_data,
@@ -384,10 +367,10 @@ def test_auto_scaling_instances_are_sandboxes(
         ids = [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
         assert len(ids) == 2
         for instance_id in ids:
-            instance = _wait(
+            instance = wait_for(
                 lambda i=instance_id: (x := _instance(ec2, i))["State"]["Name"] == "running" and x
             )
-            _wait(lambda i=instance_id: _status(ec2, i) == "ok", what="asg instance ok")
+            wait_for(lambda i=instance_id: _status(ec2, i) == "ok", what="asg instance ok")
             with _ssh(ec2, instance, key[1]) as client:
                 assert _exec(client, "cat /etc/asg-marker") == (0, "from-asg\n")
     finally:
@@ -512,10 +495,10 @@ def _own_ec2(status: control.LocalCloudStatus) -> Any:
 
 
 def _launch_some(ec2: Any, count: int) -> list[str]:
-    run = ec2.run_instances(ImageId=_base_ami(ec2), MinCount=count, MaxCount=count)
+    run = ec2.run_instances(ImageId=debian_base(ec2), MinCount=count, MaxCount=count)
     ids = [i["InstanceId"] for i in run["Instances"]]
     for instance_id in ids:
-        _wait(lambda i=instance_id: _instance(ec2, i)["State"]["Name"] == "running")
+        wait_for(lambda i=instance_id: _instance(ec2, i)["State"]["Name"] == "running")
     return ids
 
 
@@ -549,9 +532,9 @@ def test_a_killed_server_takes_its_sandboxes_with_it(
     assert _overlay_mounts(state) == 3
     assert status.pid is not None
     os.kill(status.pid, signal.SIGKILL)
-    _wait(lambda: not control.status(state).running, what="server gone")
+    wait_for(lambda: not control.status(state).running, what="server gone")
     # no `down` yet: the sandboxes die with the server (parent-death signal, pid namespaces)
-    _wait(lambda: _sandbox_processes(state) == [], timeout=15, what="sandboxes gone")
+    wait_for(lambda: _sandbox_processes(state) == [], timeout=15, what="sandboxes gone")
     assert _overlay_mounts(state) == 0
     assert not any(_port_open(a) for a in addresses)
     # and `down` sweeps what the crash left on disk

@@ -28,6 +28,7 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from imagekit import wait_healthy
 
 from factory import tags
 from factory.aws import AwsClients, AwsTarget, tags_dict
@@ -420,14 +421,8 @@ def _run_instance(clients: AwsClients, ami: str, **kwargs: Any) -> str:
             "Instances"
         ][0]["InstanceId"]
     )
-    for _ in range(300):
-        statuses = ec2.describe_instance_status(
-            InstanceIds=[instance_id], IncludeAllInstances=True
-        )["InstanceStatuses"]
-        if statuses and statuses[0]["InstanceStatus"]["Status"] == "ok":
-            return instance_id
-        time.sleep(0.2)
-    raise AssertionError(f"{instance_id} never became healthy")
+    wait_healthy(ec2, [instance_id])
+    return instance_id
 
 
 def _key_pair(clients: AwsClients, directory: Path, name: str) -> Path:
