@@ -53,7 +53,7 @@ from factory.packer import (
     validate_argv,
 )
 from factory.process import run
-from factory.provenance import BuildFacts, file_digests
+from factory.provenance import BuildFacts, ProvenanceRecord, attest_build, file_digests
 from factory.render import (
     Family,
     Rendered,
@@ -674,6 +674,24 @@ def build_facts(plan: BuildPlan, result: BuildResult, repo_root: Path) -> BuildF
         started_at=created,
         finished_at=created + timedelta(seconds=result.seconds),
     )
+
+
+def attest(
+    config: FactoryConfig,
+    clients: AwsClients,
+    plan: BuildPlan,
+    result: BuildResult,
+    progress: Progress,
+) -> tuple[ProvenanceRecord, ...]:
+    """Sign and store the build attestation of every AMI a build made (not of reused ones)."""
+    if result.status != "built":
+        return ()
+    try:
+        facts = build_facts(plan, result, config.root)
+    except ConfigError as exc:  # e.g. templates outside the repository: nothing to pin them to
+        progress.warn(f"build provenance not recorded: {exc}")
+        return ()
+    return attest_build(config, clients, result.ami_ids, facts, progress)
 
 
 # ---- the whole stage -------------------------------------------------------------------------

@@ -9,27 +9,19 @@ channel held before the current one, following earlier rollbacks back through th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from factory import tags as T
-from factory.aws import AwsClients, aws_errors, call, paginate
-from factory.catalog import ImageRecord, find_image
-from factory.errors import AwsError, ConfigError, RefusedError
+from factory.aws import AwsClients, parameters
+from factory.aws.parameters import Parameter
+from factory.catalog import CHANNEL_ROOT, ImageRecord, find_image
+from factory.errors import ConfigError, RefusedError
 
-PREFIX = "/factory"
+PREFIX = CHANNEL_ROOT
 DATA_TYPE = "aws:ec2:image"
-
-PERMISSIONS = (
-    "ssm:PutParameter",
-    "ssm:GetParameter",
-    "ssm:GetParameterHistory",
-    "ssm:GetParametersByPath",
-    "sts:GetCallerIdentity",
-    "ec2:DescribeImages",
-)
 
 
 def parameter_name(family: str, channel: str) -> str:
@@ -67,23 +59,20 @@ class ChannelState:
     history: tuple[ChannelVersion, ...]  # newest first
 
 
-def _version(param: Mapping[str, Any]) -> ChannelVersion:
+def _version(param: Parameter) -> ChannelVersion:
     note: dict[str, Any] = {}
     try:
-        parsed = json.loads(str(param.get("Description") or "{}"))
+        parsed = json.loads(param.description or "{}")
         if isinstance(parsed, dict):
             note = parsed
     except ValueError:
-        note = {"reason": str(param.get("Description"))}
-    at = param.get("LastModifiedDate")
-    if isinstance(at, datetime) and at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
+        note = {"reason": param.description}
     rollback_to = note.get("rollback_to")
     return ChannelVersion(
-        version=int(param["Version"]),
-        ami_id=str(param["Value"]),
-        at=at if isinstance(at, datetime) else None,
-        by=str(note.get("by") or param.get("LastModifiedUser") or "unknown"),
+        version=param.version,
+        ami_id=param.value,
+        at=param.modified_at,
+        by=str(note.get("by") or param.modified_by or "unknown"),
         reason=str(note.get("reason", "")),
         action=str(note.get("action", "set")),
         rollback_to=int(rollback_to) if rollback_to is not None else None,
@@ -92,18 +81,7 @@ def _version(param: Mapping[str, Any]) -> ChannelVersion:
 
 def channel_history(clients: AwsClients, family: str, channel: str) -> tuple[ChannelVersion, ...]:
     """All versions of a channel, newest first; empty if it was never set."""
-    ssm = clients.client("ssm")
-    try:
-        with aws_errors(f"ssm:GetParameterHistory {parameter_name(family, channel)}"):
-            params = list(
-                paginate(
-                    ssm, "GetParameterHistory", "Parameters", Name=parameter_name(family, channel)
-                )
-            )
-    except AwsError as exc:
-        if "ParameterNotFound" in exc.message:
-            return ()
-        raise
+    params = parameters.history(clients, parameter_name(family, channel))
     return tuple(sorted((_version(p) for p in params), key=lambda v: v.version, reverse=True))
 
 
@@ -126,10 +104,8 @@ def show_channels(
     """Every channel parameter under /factory (or one family's), with its history."""
     found: set[tuple[str, str]] = set()
     path = f"{PREFIX}/{family}" if family else PREFIX
-    for param in paginate(
-        clients.client("ssm"), "GetParametersByPath", "Parameters", Path=path, Recursive=True
-    ):
-        parts = str(param["Name"]).strip("/").split("/")
+    for param in parameters.by_path(clients, path):
+        parts = param.name.strip("/").split("/")
         if len(parts) == 3 and parts[2] in channels:
             found.add((parts[1], parts[2]))
     order = {name: i for i, name in enumerate(channels)}
@@ -144,15 +120,13 @@ def channel_targets(
 ) -> dict[tuple[str, str], str]:
     """(family, channel) -> AMI id for every channel that is set (rollout/retire read this)."""
     out: dict[tuple[str, str], str] = {}
-    for param in paginate(
-        clients.client("ssm"), "GetParametersByPath", "Parameters", Path=PREFIX, Recursive=True
-    ):
-        parts = str(param["Name"]).strip("/").split("/")
+    for param in parameters.by_path(clients, PREFIX):
+        parts = param.name.strip("/").split("/")
         if len(parts) != 3 or parts[2] not in channels:
             continue
         if families is not None and parts[1] not in families:
             continue
-        out[(parts[1], parts[2])] = str(param["Value"])
+        out[(parts[1], parts[2])] = param.value
     return out
 
 
@@ -310,15 +284,8 @@ def apply_channel(plan: ChannelPlan, clients: AwsClients) -> ChannelChange:
     if len(description) > 1024:  # SSM's limit: shorten the reason, keep the JSON valid
         note["reason"] = plan.reason[: 1024 - (len(description) - len(plan.reason)) - 3] + "..."
         description = json.dumps(note, separators=(",", ":"))
-    response = call(
-        clients.client("ssm"),
-        "PutParameter",
-        Name=plan.parameter,
-        Value=plan.ami_id,
-        Type="String",
-        DataType=DATA_TYPE,
-        Overwrite=True,
-        Description=description,
+    version = parameters.put(
+        clients, plan.parameter, plan.ami_id, description=description, data_type=DATA_TYPE
     )
     return ChannelChange(
         plan.family,
@@ -326,7 +293,7 @@ def apply_channel(plan: ChannelPlan, clients: AwsClients) -> ChannelChange:
         plan.parameter,
         plan.ami_id,
         plan.previous_ami,
-        int(response["Version"]),
+        version,
         plan.action,
         changed=True,
     )
@@ -334,8 +301,7 @@ def apply_channel(plan: ChannelPlan, clients: AwsClients) -> ChannelChange:
 
 def caller(clients: AwsClients) -> str:
     """Who is making the change (the caller's ARN)."""
-    identity = call(clients.client("sts"), "GetCallerIdentity")
-    return str(identity.get("Arn", identity.get("Account", "unknown")))
+    return clients.caller_arn
 
 
 def set_channel(

@@ -36,9 +36,19 @@ class ConfigError(FactoryError):
 
 
 class AwsError(FactoryError):
-    """An AWS call failed; the message names the call and AWS's reason."""
+    """An AWS call failed; the message names the call and AWS's reason, `code` AWS's error code."""
 
     exit_code = ExitCode.FAILED
+
+    def __init__(
+        self, message: str, exit_code: ExitCode | None = None, *, code: str | None = None
+    ) -> None:
+        super().__init__(message, exit_code)
+        self.code = code
+
+
+class UnsupportedOperation(AwsError):
+    """The endpoint does not implement the call (an older region, moto, a proxy)."""
 
 
 class PackerError(FactoryError):

@@ -1,33 +1,28 @@
-"""The factory's own AWS permissions: one least-privilege policy per job, from the stages' code.
+"""The factory's own AWS permissions: one least-privilege policy per job, from the code.
 
-Every stage module declares the IAM actions it uses beside its calls (`PERMISSIONS`); this
-module groups them by job (builder, deployer, promoter, retirer) and renders a CloudFormation
-template with one managed policy per job and, when a trusted principal is given, one role per job.
-`python -m factory.iam > infra/factory-iam.json` (`make infra`) regenerates the committed file;
-a unit test keeps the two equal.
+Every gateway function (`factory/aws/`) declares the IAM actions of its calls (`@requires`).
+A job (builder, deployer, promoter, retirer) is a list of stage modules; its actions are those of
+every gateway function those modules use, found by reading their source. This module renders a
+CloudFormation template with one managed policy per job and, when a trusted principal is given,
+one role per job. `python -m factory.iam > infra/factory-iam.json` (`make infra`) regenerates
+the committed file; a unit test keeps the two equal.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import sys
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from factory import (
-    build,
-    catalog,
-    channels,
-    fleet,
-    inuse,
-    nightly,
-    promote,
-    provenance,
-    retire,
-    rollout,
-    signing,
-    verify,
-)
+from factory.aws import api
+
+FACTORY = Path(__file__).resolve().parent
+GATEWAYS = ("images", "instances", "groups", "parameters", "objects", "keys")
 
 # What Packer's Amazon builders need, as Packer's documentation lists it ("IAM Task or Instance
 # Role"), minus iam:PassRole (no template sets iam_instance_profile). Some entries serve other
@@ -73,7 +68,7 @@ PACKER_PERMISSIONS = (
 SESSION_PERMISSIONS = ("sts:GetCallerIdentity",)
 
 # API operations that IAM authorises under an action of another name.
-AUTHORISED_BY = {"s3:HeadBucket": "s3:ListBucket"}
+AUTHORISED_BY = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket"}
 
 ANY = "*"
 _BUCKET = "${ProvenanceBucket}"  # resolved by a template condition (see _cfn_value)
@@ -81,10 +76,11 @@ _DEFAULT_BUCKET = "factory-provenance-${AWS::AccountId}-*"  # provenance.default
 
 # Where an action can be narrowed to the factory's own resources by ARN. Everything else is
 # Resource "*" (README, "Permissions (infra/)": what is not scoped and why).
+_PARAMETERS = "/factory"  # channels.PREFIX: channels, locks, run state
 SCOPES: dict[str, tuple[str, ...]] = {
     "ChannelParameters": (
-        f"arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{channels.PREFIX}",
-        f"arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{channels.PREFIX}/*",
+        f"arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{_PARAMETERS}",
+        f"arn:${{AWS::Partition}}:ssm:*:${{AWS::AccountId}}:parameter{_PARAMETERS}/*",
     ),
     "ProvenanceBucket": (f"arn:${{AWS::Partition}}:s3:::{_BUCKET}",),
     "ProvenanceObjects": (f"arn:${{AWS::Partition}}:s3:::{_BUCKET}/*",),
@@ -106,11 +102,92 @@ ACTION_SCOPES = {
 
 @dataclass(frozen=True)
 class Source:
-    """A declared set of actions: a stage module's tuple, or Packer's."""
+    """Where a job's actions come from: a stage module or package under factory/ (its gateway
+    calls), or a fixed list (Packer's, the session's)."""
 
     name: str
-    actions: tuple[str, ...]
+    fixed: tuple[str, ...] | None = None
     unscoped: bool = False  # its calls reach any resource (the in-use scan reads every parameter)
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return self.fixed if self.fixed is not None else stage_actions(self.name)
+
+
+def stage_files(name: str) -> list[Path]:
+    """factory/NAME.py, or every module of the package factory/NAME/ (dots name submodules)."""
+    base = FACTORY.joinpath(*name.split("."))
+    if base.is_dir():
+        return sorted(base.rglob("*.py"))
+    path = base.with_suffix(".py")
+    if not path.exists():
+        raise ValueError(f"no stage module or package factory/{name}")
+    return [path]
+
+
+def gateway_uses(path: Path) -> set[str]:
+    """Every gateway function a module refers to, as `factory.aws.MODULE.FUNCTION`."""
+    tree = ast.parse(path.read_text())
+    modules: dict[str, str] = {}  # local name -> gateway module
+    functions: dict[str, str] = {}  # local name -> gateway function
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "factory.aws":
+            for alias in node.names:
+                if alias.name in GATEWAYS:
+                    modules[alias.asname or alias.name] = f"factory.aws.{alias.name}"
+        elif isinstance(node, ast.ImportFrom) and node.module in _gateway_modules():
+            for alias in node.names:
+                functions[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in _gateway_modules() and alias.asname:
+                    modules[alias.asname] = alias.name
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+        ):
+            found.add(f"{modules[node.value.id]}.{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in functions:
+            found.add(functions[node.id])
+    return found
+
+
+@cache
+def _gateway_modules() -> frozenset[str]:
+    names = frozenset(f"factory.aws.{g}" for g in GATEWAYS)
+    for name in names:
+        importlib.import_module(name)  # registers each function's @requires
+    return names
+
+
+def _legacy_permissions(path: Path, names: tuple[str, ...]) -> set[str]:
+    """A module's literal PERMISSIONS tuple (stages not yet on the gateways declare their own)."""
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in names
+            and isinstance(node.value, ast.Tuple)
+        ):
+            out |= set(ast.literal_eval(node.value))
+    return out
+
+
+@cache
+def stage_actions(name: str) -> tuple[str, ...]:
+    """The actions of every gateway function a stage's modules use."""
+    _gateway_modules()
+    actions: set[str] = set()
+    for path in stage_files(name):
+        for function in gateway_uses(path):
+            actions |= set(api.declared(function))
+        actions |= _legacy_permissions(path, ("PERMISSIONS",))
+    return tuple(sorted(actions))
 
 
 @dataclass(frozen=True)
@@ -134,13 +211,13 @@ ROLES = (
         (
             Source("aws", SESSION_PERMISSIONS),
             Source("packer", PACKER_PERMISSIONS),
-            Source("build", build.PERMISSIONS),
-            Source("verify", verify.PERMISSIONS),
-            Source("catalog", catalog.PERMISSIONS),
-            Source("channels", channels.PERMISSIONS),
-            Source("provenance", provenance.PERMISSIONS),
-            Source("signing", signing.PERMISSIONS),
-            Source("nightly", nightly.PERMISSIONS),
+            Source("build"),
+            Source("verify"),
+            Source("catalog"),
+            Source("channels"),
+            Source("provenance"),
+            Source("signing"),
+            Source("pipeline"),
         ),
     ),
     JobRole(
@@ -148,9 +225,12 @@ ROLES = (
         "ami-factory deployer: rollout, drift, fleet reconcile, rollback, live verification",
         (
             Source("aws", SESSION_PERMISSIONS),
-            Source("rollout", rollout.PERMISSIONS),
-            Source("fleet", fleet.PERMISSIONS),
-            Source("verify.live", verify.LIVE_PERMISSIONS),
+            Source("rollout"),
+            Source("fleet"),
+            Source(
+                "verify.live",
+                tuple(sorted(_legacy_permissions(FACTORY / "verify.py", ("LIVE_PERMISSIONS",)))),
+            ),
         ),
     ),
     JobRole(
@@ -159,11 +239,11 @@ ROLES = (
         "tag the copies, publish them to channels, attest the promotion",
         (
             Source("aws", SESSION_PERMISSIONS),
-            Source("promote", promote.PERMISSIONS),
-            Source("catalog", catalog.PERMISSIONS),
-            Source("channels", channels.PERMISSIONS),
-            Source("provenance", provenance.PERMISSIONS),
-            Source("signing", signing.PERMISSIONS),
+            Source("promote"),
+            Source("catalog"),
+            Source("channels"),
+            Source("provenance"),
+            Source("signing"),
         ),
     ),
     JobRole(
@@ -171,8 +251,8 @@ ROLES = (
         "ami-factory retirer: find images in use, deprecate and deregister the rest",
         (
             Source("aws", SESSION_PERMISSIONS),
-            Source("retire", retire.PERMISSIONS),
-            Source("inuse", inuse.PERMISSIONS, unscoped=True),
+            Source("retire"),
+            Source("inuse", unscoped=True),
         ),
     ),
 )

@@ -16,16 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from factory import tags as T
 from factory.aws import AwsClients, aws_errors, call, error_code, tag_list, tags_dict
-from factory.catalog import ImageIdentity, describe_image, is_revoked
+from factory.catalog import ImageIdentity, describe_image, identity_of, is_revoked
 from factory.config import FactoryConfig
 from factory.errors import AwsError, ConfigError, FactoryError
+from factory.output import Progress
 from factory.process import child_env, run
 from factory.signing import (
     PAYLOAD_TYPE,
@@ -34,8 +35,12 @@ from factory.signing import (
     keyid_for,
     load_public_key,
     sign_envelope,
+    signer_from_config,
     verify_envelope,
 )
+
+if TYPE_CHECKING:
+    from factory.verify import VerifyResult
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -397,7 +402,7 @@ def parent_ref(clients: AwsClients, source_ami: str) -> ParentRef:
     image_tags = tags_dict(image.get("Tags"))
     return ParentRef(
         source_ami,
-        ImageIdentity.from_image(image).digest,
+        identity_of(image).digest,
         image_tags.get(T.PROVENANCE_URI),
         image_tags.get(T.PROVENANCE_DIGEST),
     )
@@ -412,7 +417,7 @@ def record_build(
     bucket: str | None = None,
 ) -> Attestation:
     """After a build: sign the build's Statement, store it, tag the AMI with its location."""
-    identity = ImageIdentity.from_image(_image(clients, ami_id))
+    identity = identity_of(_image(clients, ami_id))
     statement = build_statement(
         identity, clients.region, clients.account_id, facts, parent_ref(clients, facts.source_ami)
     )
@@ -505,7 +510,7 @@ def record_verification(
             ContentType="application/json",
         )
         result["uri"] = f"s3://{bucket}/{result_key}"
-    identity = ImageIdentity.from_image(_image(clients, ami_id))
+    identity = identity_of(_image(clients, ami_id))
     byproducts = [
         result,
         {
@@ -547,7 +552,7 @@ def record_promotion(
     if not copies:
         raise ConfigError(f"a promotion of {ami_id} names no copy; nothing to attest")
     build, uri = _latest_build(clients, ami_id)
-    identity = ImageIdentity.from_image(_image(clients, ami_id))
+    identity = identity_of(_image(clients, ami_id))
     byproducts = [
         {
             "name": "promoted-copy",
@@ -947,7 +952,7 @@ def _check_chain(
         label = f"chain: {parent_id}"
         image = describe_image(clients, parent_id)
         attested = _dep_digest(source)
-        identity = ImageIdentity.from_image(image) if image is not None else None
+        identity = identity_of(image) if image is not None else None
         if identity is None:
             out.warnings.append(
                 f"source image {parent_id} no longer exists; checked its attestation only"
@@ -1009,7 +1014,7 @@ def verify_provenance(
     if image is None:
         raise ConfigError(f"image {ami_id} not found in {clients.region}; check the id and region")
     image_tags = tags_dict(image.get("Tags"))
-    identity = ImageIdentity.from_image(image)
+    identity = identity_of(image)
     expected_uri = (
         f"s3://{default_bucket(clients)}/{object_key(clients.account_id, clients.region, ami_id)}"
     )
@@ -1074,3 +1079,66 @@ def trusted_public_key(path: Path | None) -> ec.EllipticCurvePublicKey | None:
     except OSError as exc:
         raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from None
     return load_public_key(pem, str(path))
+
+
+# ---- what happens to an image after each step: every build and verification is attested ------
+
+
+@dataclass(frozen=True)
+class ProvenanceRecord:
+    ami_id: str
+    step: str  # build | verification
+    uri: str
+    envelope_digest: str
+
+
+def attest_build(
+    config: FactoryConfig,
+    clients: AwsClients,
+    ami_ids: Sequence[str],
+    facts: BuildFacts,
+    progress: Progress,
+) -> tuple[ProvenanceRecord, ...]:
+    """Sign and store the build attestation of every AMI a build made."""
+    signer = signer_from_config(config, clients)
+    records = []
+    for ami_id in ami_ids:
+        attestation = record_build(clients, signer, ami_id, facts, bucket=config.provenance.bucket)
+        progress.info(f"{ami_id}: build provenance signed and stored at {attestation.uri}")
+        records.append(ProvenanceRecord(ami_id, "build", attestation.uri, attestation.digest))
+    return tuple(records)
+
+
+def attest_verifications(
+    config: FactoryConfig,
+    clients: AwsClients,
+    results: Sequence[VerifyResult],
+    progress: Progress,
+) -> tuple[ProvenanceRecord, ...]:
+    """Append a verification attestation for each image whose suite ran (passed or failed)."""
+    records = []
+    signer = None
+    for r in results:
+        if r.tagged_status is None or r.junit_path is None or r.result_sha256 is None:
+            continue  # the suite never ran (launch or SSH error) or the image is not ours
+        signer = signer or signer_from_config(config, clients)
+        try:
+            attestation = record_verification(
+                clients,
+                signer,
+                r.ami_id,
+                r.result_sha256,
+                r.junit_path,
+                passed=r.ok,
+                suite_digest=r.suite_digest,
+                summary_path=r.summary_path,
+                bucket=config.provenance.bucket,
+            )
+        except ConfigError as exc:  # an image built without provenance: nothing to extend
+            progress.warn(f"{r.ami_id}: verification not attested: {exc}")
+            continue
+        progress.info(f"{r.ami_id}: verification provenance appended to {attestation.uri}")
+        records.append(
+            ProvenanceRecord(r.ami_id, "verification", attestation.uri, attestation.digest)
+        )
+    return tuple(records)

@@ -8,12 +8,13 @@ from typing import Any
 
 import click
 
+from factory import build
 from factory.build import BuildPlan, BuildResult, apply_build, prepare_build, require_built
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.cli.render import given_variables, var_options
 from factory.cli.verify import render_result
 from factory.output import to_jsonable
-from factory.pipeline import ProvenanceRecord, attest_build, attest_verifications
+from factory.provenance import ProvenanceRecord, attest_verifications
 from factory.verify import VerifyReport, require_verified, verify_images
 
 
@@ -100,7 +101,7 @@ def build_cmd(
     if result.status == "failed":
         cli.emit(result, result_text(result))
         require_built(result)
-    provenance = () if no_provenance else attest_build(cli.config, clients, plan, result, progress)
+    provenance = () if no_provenance else build.attest(cli.config, clients, plan, result, progress)
     if not verify_after:
         cli.emit(build_report(result, provenance), result_text(result))
         return

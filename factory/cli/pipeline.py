@@ -14,7 +14,8 @@ from factory.cli.context import CliContext, output_option, pass_cli
 from factory.cli.retire import _environment_targets
 from factory.errors import ConfigError, ExitCode, FactoryError, RefusedError
 from factory.inuse import ScanTarget, find_in_use
-from factory.nightly import (
+from factory.output import Progress
+from factory.pipeline import (
     DEFAULT_LOCK_TTL,
     LOCK_PARAMETER,
     AwsSteps,
@@ -30,7 +31,6 @@ from factory.nightly import (
     render_text,
     run_nightly,
 )
-from factory.output import Progress
 from factory.redact import redact
 from factory.retire import RetireResult, apply_retire, build_plan, unique_targets
 

@@ -10,7 +10,7 @@ import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.errors import ConfigError
-from factory.pipeline import attest_verifications
+from factory.provenance import attest_verifications
 from factory.verify import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_LIVE_TIMEOUT,

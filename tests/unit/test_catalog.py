@@ -11,8 +11,8 @@ from moto import mock_aws
 
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget
+from factory.aws.model import Image
 from factory.catalog import (
-    ImageIdentity,
     apply_revoke,
     descendants_of,
     find_image,
@@ -60,7 +60,7 @@ def test_identity_digest_covers_each_field() -> None:
             {"Ebs": {"SnapshotId": "snap-1"}},
         ],
     }
-    base = ImageIdentity.from_image(image)
+    base = Image.from_api(image, "us-east-1").identity
     assert base.snapshot_ids == ("snap-1", "snap-2")
     for key, value in [
         ("ImageId", "ami-2"),
@@ -68,7 +68,7 @@ def test_identity_digest_covers_each_field() -> None:
         ("Architecture", "arm64"),
         ("BlockDeviceMappings", [{"Ebs": {"SnapshotId": "snap-3"}}]),
     ]:
-        assert ImageIdentity.from_image({**image, key: value}).digest != base.digest
+        assert Image.from_api({**image, key: value}, "us-east-1").identity.digest != base.digest
 
 
 def test_list_newest_first_with_filters_and_channels(aws: AwsClients) -> None:

@@ -19,7 +19,7 @@ from moto import mock_aws
 
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tag_list
-from factory.catalog import ImageIdentity
+from factory.aws.model import Image
 from factory.cli import cli
 from factory.config import ProvenanceConfig, load_config
 from factory.errors import ConfigError
@@ -174,7 +174,7 @@ def test_statement_shape(world: World) -> None:
     assert statement["predicateType"] == PREDICATE_TYPE
     subject = statement["subject"][0]
     image = world.aws.client("ec2").describe_images(ImageIds=[world.ami])["Images"][0]
-    assert subject["digest"]["sha256"] == ImageIdentity.from_image(image).digest
+    assert subject["digest"]["sha256"] == Image.from_api(image, "us-east-1").identity.digest
     assert subject["annotations"]["account"] == world.aws.account_id
     assert subject["annotations"]["snapshot_ids"] == [
         image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]

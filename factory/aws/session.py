@@ -1,28 +1,23 @@
-"""AWS access in one place: sessions, clients, retries, pagination, error translation.
+"""Sessions and clients per account and region.
 
-Every stage is handed an `AwsClients` for one account and region and never builds a client
-itself. The endpoint comes from the standard settings (AWS_ENDPOINT_URL, factory.toml), so the
-same code talks to AWS or to the local cloud.
+Every stage is handed an `AwsClients` for one account and region and passes it to the gateways;
+nothing builds a client itself. The endpoint comes from the standard settings
+(AWS_ENDPOINT_URL, factory.toml), so the same code talks to AWS or to the local cloud.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import botocore.config
 import botocore.exceptions
-import botocore.parsers
-from botocore import xform_name
 
-from factory.errors import AwsError, ConfigError
+from factory.aws.api import NO_CREDENTIALS, aws_errors, call
+from factory.errors import ConfigError
 from factory.redact import register_secret
-
-T = TypeVar("T")
 
 RETRY_CONFIG = botocore.config.Config(
     retries={"mode": "adaptive", "max_attempts": 8},
@@ -75,7 +70,7 @@ class AwsClients:
         )
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._account_id: str | None = None
+        self._caller: dict[str, str] | None = None
 
     @property
     def region(self) -> str:
@@ -96,10 +91,18 @@ class AwsClients:
 
     @property
     def account_id(self) -> str:
-        if self._account_id is None:
-            with aws_errors("sts:GetCallerIdentity"):
-                self._account_id = str(self.client("sts").get_caller_identity()["Account"])
-        return self._account_id
+        return self._identity()["Account"]
+
+    @property
+    def caller_arn(self) -> str:
+        """Who the credentials act as (recorded as who changed a channel, took a lock)."""
+        return self._identity().get("Arn") or self.account_id
+
+    def _identity(self) -> dict[str, str]:
+        if self._caller is None:
+            identity = call(self.client("sts"), "GetCallerIdentity")
+            self._caller = {k: str(identity[k]) for k in ("Account", "Arn") if k in identity}
+        return self._caller
 
     def for_region(self, region: str) -> AwsClients:
         """The same credentials in another region (shares nothing mutable)."""
@@ -110,10 +113,7 @@ class AwsClients:
         """Credentials for a child process (Packer), resolved from the session chain."""
         creds = self._session.get_credentials()
         if creds is None:
-            raise ConfigError(
-                "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY, or run `eval $(factory local env)` for the local cloud"
-            )
+            raise ConfigError(NO_CREDENTIALS)
         frozen = creds.get_frozen_credentials()
         register_secret(frozen.secret_key)
         register_secret(frozen.token)
@@ -184,10 +184,13 @@ def _assume_role(session: boto3.Session, target: AwsTarget) -> boto3.Session:
         endpoint_url=target.endpoint_url,
         config=RETRY_CONFIG,
     )
-    with aws_errors(f"sts:AssumeRole {target.role_arn}"):
-        creds = sts.assume_role(RoleArn=target.role_arn, RoleSessionName="ami-factory")[
-            "Credentials"
-        ]
+    creds = call(
+        sts,
+        "AssumeRole",
+        about=str(target.role_arn),
+        RoleArn=target.role_arn,
+        RoleSessionName="ami-factory",
+    )["Credentials"]
     register_secret(creds["SecretAccessKey"])
     register_secret(creds["SessionToken"])
     return boto3.Session(
@@ -203,66 +206,6 @@ def packer_endpoint(clients: AwsClients) -> str | None:
     return clients.endpoint_url
 
 
-@contextmanager
-def aws_errors(action: str) -> Iterator[None]:
-    """Turn botocore's exceptions into one-line FactoryErrors naming the action."""
-    try:
-        yield
-    except botocore.exceptions.NoCredentialsError:
-        raise ConfigError(
-            "no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
-            "AWS_SECRET_ACCESS_KEY, or run `eval $(factory local env)` for the local cloud"
-        ) from None
-    except botocore.exceptions.EndpointConnectionError as exc:
-        raise ConfigError(
-            f"{action}: cannot reach {exc.kwargs.get('endpoint_url', 'the AWS endpoint')}; "
-            "check AWS_ENDPOINT_URL or start the local cloud with `factory local up`"
-        ) from None
-    except botocore.exceptions.InvalidRegionError as exc:
-        raise ConfigError(
-            f"{action}: {exc.kwargs.get('region_name')!r} is not a region name; "
-            "check --region, AWS_REGION or factory.toml (e.g. us-east-1)"
-        ) from None
-    except botocore.parsers.ResponseParserError:
-        # not an AWS answer: moto's HTML 500 for a well-formed but unknown region, a proxy's page
-        raise AwsError(
-            f"{action}: the endpoint's answer is not an AWS response; check the region "
-            "(--region, AWS_REGION, factory.toml) and AWS_ENDPOINT_URL"
-        ) from None
-    except botocore.exceptions.ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "Error")
-        message = err.get("Message", str(exc))
-        if code in {"InvalidClientTokenId", "UnrecognizedClientException", "AuthFailure"}:
-            raise ConfigError(f"{action}: credentials rejected ({code}); check them") from None
-        raise AwsError(f"{action}: {code}: {message}") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise AwsError(f"{action}: {exc}") from None
-
-
-def error_code(exc: BaseException) -> str | None:
-    """The AWS error code of a botocore ClientError, else None."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return str(exc.response.get("Error", {}).get("Code"))
-    return None
-
-
-def paginate(client: Any, operation: str, result_key: str, **kwargs: Any) -> Iterator[Any]:
-    """Every item under `result_key` across all pages of `operation`."""
-    with aws_errors(f"{client.meta.service_model.service_name}:{operation}"):
-        if client.can_paginate(xform_name(operation)):
-            for page in client.get_paginator(xform_name(operation)).paginate(**kwargs):
-                yield from page.get(result_key, [])
-        else:
-            yield from getattr(client, xform_name(operation))(**kwargs).get(result_key, [])
-
-
-def call(client: Any, operation: str, **kwargs: Any) -> Any:
-    """One API call with error translation: `call(ec2, "CreateTags", Resources=[...])`."""
-    with aws_errors(f"{client.meta.service_model.service_name}:{operation}"):
-        return getattr(client, xform_name(operation))(**kwargs)
-
-
 def clients_from_config(
     region: str,
     profile: str | None,
@@ -270,28 +213,3 @@ def clients_from_config(
     endpoint_url: str | None,
 ) -> AwsClients:
     return AwsClients(AwsTarget(region, profile, role_arn, endpoint_url))
-
-
-def tags_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
-    """AWS's [{"Key":..,"Value":..}] as a dict."""
-    return {t["Key"]: t["Value"] for t in tags or []}
-
-
-def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
-
-
-def retry_until(fn: Callable[[], T | None], *, timeout: float, interval: float = 0.5) -> T | None:
-    """Poll `fn` until it returns something truthy or `timeout` seconds pass."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    delay = interval
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 5.0)

@@ -21,7 +21,7 @@ from factory.channels import channel_state
 from factory.cli import main
 from factory.config import FactoryConfig
 from factory.errors import ExitCode, Interrupted
-from factory.nightly import (
+from factory.pipeline import (
     LOCK_PARAMETER,
     LOCKED_EXIT,
     AwsSteps,

@@ -21,7 +21,7 @@ import pytest
 
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget
-from factory.nightly import LOCK_PARAMETER, LockInfo, read_lock
+from factory.pipeline import LOCK_PARAMETER, LockInfo, read_lock
 
 pytestmark = pytest.mark.integration
 
