@@ -330,6 +330,24 @@ def apply_revoke(plan: RevokePlan, clients: AwsClients) -> RevokeResult:
     return RevokeResult(plan.ami_id, plan.reason, plan.at, tuple(done), tuple(warnings))
 
 
+def revoke_image(
+    clients: AwsClients,
+    ami_id: str,
+    *,
+    reason: str,
+    cascade: bool,
+    regions: Sequence[str],
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> RevokePlan | RevokeResult:
+    """Revoke an image (and with `cascade` its descendants in `regions`): the plan, or what
+    was done."""
+    image = find_image(clients, ami_id)
+    catalog = list_images(clients, regions=regions) if cascade else []
+    plan = plan_revoke(image, catalog, reason=reason, cascade=cascade, at=now or datetime.now(UTC))
+    return plan if dry_run else apply_revoke(plan, clients)
+
+
 # ---- transitional: for stages not yet on the gateways; goes with their last caller -------------
 
 

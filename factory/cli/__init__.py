@@ -39,7 +39,7 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "Render FAMILY, run `packer build`, tag the new AMI and snapshots status=candidate.",
     ),
     "channel": LazyCommand(
-        "images", "Channels: SSM parameters /factory/FAMILY/CHANNEL naming the AMI to launch."
+        "channels", "Channels: SSM parameters /factory/FAMILY/CHANNEL naming the AMI to launch."
     ),
     "drift": LazyCommand(
         "rollout",
@@ -70,7 +70,7 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "Retire old images: keep what the policy or anything in use needs, retire the rest.",
     ),
     "revoke": LazyCommand(
-        "images",
+        "revoke",
         "Revoke AMI_ID: channels and builds refuse it, drift reports it, EC2 deprecates it.",
     ),
     "rollout": LazyCommand(

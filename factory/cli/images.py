@@ -1,10 +1,9 @@
-"""CLI commands: `factory images list|tree`, `factory channel set|rollback|show`, `revoke`."""
+"""CLI commands: `factory images list|tree`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import click
 
@@ -14,24 +13,11 @@ from factory.catalog import (
     ImageRecord,
     LineageNode,
     LineageTree,
-    RevokePlan,
-    RevokeResult,
-    apply_revoke,
-    find_image,
     lineage,
     list_images,
-    plan_revoke,
     with_usage,
 )
-from factory.channels import (
-    ChannelChange,
-    ChannelPlan,
-    ChannelState,
-    check_channel,
-    rollback_channel,
-    set_channel,
-    show_channels,
-)
+from factory.channels import check_channel
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.inuse import ScanTarget, find_in_use
 
@@ -150,144 +136,4 @@ def images_tree(ctx: CliContext, ami_id: str) -> None:
     ctx.emit(tree, render_tree(tree))
 
 
-# ---- channels ---------------------------------------------------------------------------------
-
-
-@click.group("channel")
-def channel_group() -> None:
-    """Channels: SSM parameters /factory/FAMILY/CHANNEL naming the AMI to launch."""
-
-
-def _change_text(result: ChannelPlan | ChannelChange) -> str:
-    if isinstance(result, ChannelPlan):
-        verb = "would roll back" if result.action == "rollback" else "would set"
-        if result.no_change:
-            return f"{result.parameter} already holds {result.ami_id}: nothing to do"
-        return f"{verb} {result.parameter}: {result.previous_ami or '(unset)'} -> {result.ami_id}"
-    if not result.changed:
-        return f"{result.parameter} already holds {result.ami_id} (version {result.version})"
-    verb = "rolled back" if result.action == "rollback" else "set"
-    return (
-        f"{verb} {result.parameter}: {result.previous_ami or '(unset)'} -> {result.ami_id} "
-        f"(version {result.version})"
-    )
-
-
-@channel_group.command("set")
-@click.argument("family")
-@click.argument("channel")
-@click.argument("ami_id")
-@click.option("--reason", "-r", default="", help="Why (kept in the channel's history).")
-@click.option("--dry-run", is_flag=True, help="Show the change without making it.")
-@output_option
-@pass_cli
-def channel_set(
-    ctx: CliContext, family: str, channel: str, ami_id: str, reason: str, dry_run: bool
-) -> None:
-    """Point FAMILY's CHANNEL at AMI_ID (verified, not revoked, same family)."""
-    result = set_channel(
-        ctx.clients(), ctx.config.channels, family, channel, ami_id, reason=reason, dry_run=dry_run
-    )
-    ctx.emit(result, _change_text(result))
-
-
-@channel_group.command("rollback")
-@click.argument("family")
-@click.argument("channel")
-@click.option("--reason", "-r", default="", help="Why (kept in the channel's history).")
-@click.option("--dry-run", is_flag=True, help="Show the change without making it.")
-@output_option
-@pass_cli
-def channel_rollback(
-    ctx: CliContext, family: str, channel: str, reason: str, dry_run: bool
-) -> None:
-    """Return FAMILY's CHANNEL to the AMI it held before."""
-    result = rollback_channel(
-        ctx.clients(), ctx.config.channels, family, channel, reason=reason, dry_run=dry_run
-    )
-    ctx.emit(result, _change_text(result))
-
-
-@dataclass(frozen=True)
-class ChannelList:
-    region: str
-    channels: tuple[ChannelState, ...]
-
-
-def render_channels(states: Sequence[ChannelState], history: int) -> str:
-    if not states:
-        return "no channels set"
-    lines = []
-    for state in states:
-        lines.append(f"{state.family}/{state.channel}  {state.ami_id}  (version {state.version})")
-        for version in state.history[:history]:
-            at = version.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if version.at else "?"
-            what = version.action
-            if version.rollback_to:
-                what += f" to v{version.rollback_to}"
-            why = f"  {version.reason}" if version.reason else ""
-            lines.append(
-                f"    v{version.version:<3} {version.ami_id}  {at}  {what:<16} {version.by}{why}"
-            )
-    return "\n".join(lines)
-
-
-@channel_group.command("show")
-@click.argument("family", required=False)
-@click.option(
-    "--history",
-    "-n",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="History entries per channel.",
-)
-@output_option
-@pass_cli
-def channel_show(ctx: CliContext, family: str | None, history: int) -> None:
-    """Channels (of FAMILY, or all) with their history: who set which AMI, when and why."""
-    clients = ctx.clients()
-    states = show_channels(clients, ctx.config.channels, family)
-    ctx.emit(ChannelList(clients.region, states), render_channels(states, history))
-
-
-# ---- revoke -----------------------------------------------------------------------------------
-
-
-def _revoke_text(result: RevokePlan | RevokeResult) -> str:
-    if isinstance(result, RevokePlan):
-        lines = [f"would revoke ({result.reason}):"]
-        for t in result.targets:
-            note = " (already revoked)" if t.already_revoked else ""
-            lines.append(f"  {t.ami_id}  {t.family or '-'}  {t.region}{note}")
-        return "\n".join(lines)
-    lines = [f"revoked ({result.reason}):"]
-    for image in result.images:
-        lines.append(f"  {image.ami_id}  {image.region}  deprecation {image.deprecation}")
-    return "\n".join(lines)
-
-
-@click.command("revoke")
-@click.argument("ami_id")
-@click.option("--reason", "-r", required=True, help="Why (tagged on the image).")
-@click.option("--cascade", is_flag=True, help="Also revoke every image built from it.")
-@click.option("--dry-run", is_flag=True, help="Show what would be revoked.")
-@output_option
-@pass_cli
-def revoke(ctx: CliContext, ami_id: str, reason: str, cascade: bool, dry_run: bool) -> None:
-    """Revoke AMI_ID: channels and builds refuse it, drift reports it, EC2 deprecates it."""
-    clients = ctx.clients()
-    image = find_image(clients, ami_id)
-    catalog = list_images(clients, regions=ctx.config.regions) if cascade else []
-    plan = plan_revoke(image, catalog, reason=reason, cascade=cascade, at=datetime.now(UTC))
-    if dry_run:
-        ctx.emit(plan, _revoke_text(plan))
-        return
-    result = apply_revoke(plan, clients)
-    progress = ctx.progress()
-    for warning in result.warnings:
-        progress.warn(warning)
-    ctx.emit(result, _revoke_text(result))
-
-
-COMMANDS: list[click.Command] = [images_group, channel_group, revoke]
+COMMANDS: list[click.Command] = [images_group]
