@@ -12,11 +12,12 @@ from factory.errors import ConfigError, VerificationError
 from factory.provenance import (
     ProvenanceReport,
     ProvenanceView,
+    generate_key_file,
     show_provenance,
+    signer_from_config,
     trusted_public_key,
     verify_provenance,
 )
-from factory.signing import generate_key_file, signer_from_config
 
 
 @click.group("provenance")

@@ -21,8 +21,13 @@ from imagekit import JUNIT_PASS, build_tags, facts_for, make_repo, register, reg
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.config import load_config
-from factory.provenance import parse_s3_uri, record_build, record_verification
-from factory.signing import KmsSigner, signer_from_config
+from factory.provenance import (
+    KmsSigner,
+    parse_s3_uri,
+    record_build,
+    record_verification,
+    signer_from_config,
+)
 
 pytestmark = pytest.mark.integration
 

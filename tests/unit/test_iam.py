@@ -38,8 +38,8 @@ ALIASES = {"asg": "autoscaling", **{name: name for name in SERVICES}}
 # Method calls whose name is also an AWS operation but whose receiver is no AWS client.
 NOT_AWS = {
     ("cli/__init__.py", "list_commands"): "click.Group",
-    ("signing.py", "sign"): "a cryptography private key / the Signer protocol",
-    ("signing.py", "verify"): "a cryptography public key",
+    ("provenance/signing.py", "sign"): "a cryptography private key / the Signer protocol",
+    ("provenance/signing.py", "verify"): "a cryptography public key",
 }
 
 _BOTOCORE = botocore.session.get_session()

@@ -28,26 +28,24 @@ from factory.localcloud.app import ActionRequest, ExtensionError
 from factory.provenance import (
     PREDICATE_TYPE,
     STATEMENT_TYPE,
+    Envelope,
+    FileSigner,
+    KmsSigner,
     file_digests,
+    generate_key_file,
     junit_summary,
+    keyid_for,
+    pae,
     parse_s3_uri,
     read_envelopes,
     record_build,
     record_promotion,
     record_verification,
     show_provenance,
-    verify_provenance,
-)
-from factory.signing import (
-    Envelope,
-    FileSigner,
-    KmsSigner,
-    generate_key_file,
-    keyid_for,
-    pae,
     sign_envelope,
     signer_from_config,
     verify_envelope,
+    verify_provenance,
 )
 
 
