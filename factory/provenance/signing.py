@@ -239,14 +239,16 @@ def sign_envelope(statement: dict[str, Any], signer: Signer) -> Envelope:
     return Envelope(PAYLOAD_TYPE, payload, ((signer.keyid, signature),))
 
 
-def verify_envelope(envelope: Envelope, keys: dict[str, ec.EllipticCurvePublicKey]) -> str | None:
+def verify_envelope(
+    envelope: Envelope, trusted: dict[str, ec.EllipticCurvePublicKey]
+) -> str | None:
     """None if a signature verifies with a trusted key, else what is wrong (one line)."""
     if not envelope.signatures:
         return "envelope has no signatures"
     message = pae(envelope.payload_type, envelope.payload)
     problems = []
     for keyid, signature in envelope.signatures:
-        candidates = [keys[keyid]] if keyid in keys else list(keys.values())
+        candidates = [trusted[keyid]] if keyid in trusted else list(trusted.values())
         if not candidates:
             problems.append(f"no trusted public key for keyid {keyid}")
             continue
@@ -256,7 +258,7 @@ def verify_envelope(envelope: Envelope, keys: dict[str, ec.EllipticCurvePublicKe
                 return None
             except InvalidSignature:
                 continue
-        known = "the given public key" if keyid not in keys else f"key {keyid}"
+        known = "the given public key" if keyid not in trusted else f"key {keyid}"
         problems.append(f"signature by {keyid} does not verify with {known}")
     return "; ".join(problems)
 

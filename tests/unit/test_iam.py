@@ -40,6 +40,7 @@ NOT_AWS = {
     ("cli/__init__.py", "list_commands"): "click.Group",
     ("provenance/signing.py", "sign"): "a cryptography private key / the Signer protocol",
     ("provenance/signing.py", "verify"): "a cryptography public key",
+    ("provenance/signing.py", "create_alias"): "the gateway function factory.aws.keys.create_alias",
 }
 
 _BOTOCORE = botocore.session.get_session()
