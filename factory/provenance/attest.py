@@ -133,10 +133,16 @@ def gather_attested(clients: AwsClients, ami_id: str) -> AttestedImage:
 
 
 def plan_build(
-    image: Image, parent: ParentRef, facts: BuildFacts, *, account: str, bucket: str
+    image: Image,
+    parent: ParentRef,
+    facts: BuildFacts,
+    *,
+    account: str,
+    bucket: str,
+    at: datetime,
 ) -> AttestationPlan:
     """The build's line: the Statement naming the image, its source image and its files."""
-    statement = build_statement(image.identity, image.region, account, facts, parent)
+    statement = build_statement(image.identity, image.region, account, facts, parent, at=at)
     key = object_key(account, image.region, image.ami_id)
     return AttestationPlan(image.ami_id, bucket, key, statement)
 
@@ -252,6 +258,7 @@ def record_build(
         facts,
         account=clients.account_id,
         bucket=bucket or default_bucket(clients),
+        at=datetime.now(UTC),
     )
     return apply_attestation(clients, signer, plan)
 

@@ -143,12 +143,18 @@ def ensure_kms_key(clients: AwsClients, alias: str = DEFAULT_KMS_ALIAS) -> str:
     return alias
 
 
+def configured_key_file(config: FactoryConfig) -> Path | None:
+    """`[provenance] key_file`, relative to the repository root; None when KMS signs."""
+    path = config.provenance.key_file
+    if path is None or path.is_absolute():
+        return path
+    return config.root / path
+
+
 def signer_from_config(config: FactoryConfig, clients: AwsClients) -> Signer:
     """The configured signer: a key file if set, else the KMS key (default alias, created once)."""
-    if config.provenance.key_file is not None:
-        path = config.provenance.key_file
-        if not path.is_absolute():
-            path = config.root / path
+    path = configured_key_file(config)
+    if path is not None:
         return FileSigner(path)
     key_id = config.provenance.kms_key or ensure_kms_key(clients)
     return KmsSigner(clients, key_id)
@@ -169,6 +175,36 @@ def generate_key_file(path: Path) -> FileSigner:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return FileSigner(path)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A signing key by its keyid and public half (and the file it was written to, if any)."""
+
+    keyid: str
+    path: str | None
+    public_key_pem: str
+
+
+def create_key_file(path: Path) -> KeyInfo:
+    """`provenance keygen`: a new key file for offline signing, and its public half."""
+    signer = generate_key_file(path)
+    return KeyInfo(signer.keyid, str(path), signer.public_key_pem().decode())
+
+
+def export_public_key(config: FactoryConfig, clients: AwsClients, out: Path | None) -> KeyInfo:
+    """`provenance public-key`: the configured signer's public key, written to `out` if given,
+    for offline `verify --public-key`."""
+    signer = signer_from_config(config, clients)
+    pem = signer.public_key_pem().decode()
+    if out is not None:
+        try:
+            out.write_text(pem)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write {out}: {exc.strerror}; pass --out a file in an existing directory"
+            ) from None
+    return KeyInfo(signer.keyid, str(out) if out else None, pem)
 
 
 def load_public_key(pem: bytes, source: str) -> ec.EllipticCurvePublicKey:

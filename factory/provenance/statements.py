@@ -178,8 +178,13 @@ def build_statement(
     account: str,
     facts: BuildFacts,
     parent: ParentRef,
+    *,
+    at: datetime,
 ) -> dict[str, Any]:
-    """The build's Statement: subject = the AMI, predicate = SLSA Provenance v1."""
+    """The build's Statement: subject = the AMI, predicate = SLSA Provenance v1.
+
+    `at` is when the build finished if its facts do not say.
+    """
     return {
         "_type": STATEMENT_TYPE,
         "subject": [subject_for(identity, region, account)],
@@ -210,7 +215,7 @@ def build_statement(
                 "metadata": _present(
                     invocationId=facts.build_id,
                     startedOn=_time(facts.started_at),
-                    finishedOn=_time(facts.finished_at or datetime.now(UTC)),
+                    finishedOn=_time(facts.finished_at or at),
                 ),
                 "byproducts": [],
             },
