@@ -101,7 +101,7 @@ def _identity_diff(attested: Mapping[str, Any], now: ImageIdentity) -> list[str]
     return diffs
 
 
-def tag_expectations(
+def _tag_expectations(
     build: Mapping[str, Any], verification: Mapping[str, Any] | None
 ) -> dict[str, str]:
     """The `factory:` tags the build (and verification) lines say the image carries."""
@@ -189,7 +189,7 @@ def _check_line(
     return None if problem else statement
 
 
-def check_steps(
+def _check_steps(
     ami_id: str,
     lines: Lines,
     *,
@@ -243,7 +243,7 @@ def _stored_reports_match(
     return report
 
 
-def check_tests(
+def _check_tests(
     clients: AwsClients,
     verification: Mapping[str, Any] | None,
     image: Image,
@@ -285,7 +285,7 @@ def check_tests(
         out.ok("tests", f"{summary.tests} tests passed ({summary.skipped} skipped), JUnit matches")
 
 
-def check_files(build: Mapping[str, Any], repo: Path, out: _Findings) -> None:
+def _check_files(build: Mapping[str, Any], repo: Path, out: _Findings) -> None:
     """Every template, provisioner and test file the build read, against the repository."""
     deps = build["predicate"]["buildDefinition"].get("resolvedDependencies", [])
     checked = 0
@@ -323,7 +323,7 @@ def _bare_digest(value: str | None) -> str | None:
     return value.removeprefix("sha256:") if value is not None else None
 
 
-def check_tags(expected: Mapping[str, str], image_tags: Mapping[str, str], out: _Findings) -> None:
+def _check_tags(expected: Mapping[str, str], image_tags: Mapping[str, str], out: _Findings) -> None:
     """Each `factory:` tag the attestation names, as the image carries it now."""
     bad = 0
     for key, value in sorted(expected.items()):
@@ -395,7 +395,7 @@ def _check_parent(
     if lines is None:
         return False, None
     sub = _Findings()
-    steps = check_steps(
+    steps = _check_steps(
         parent_id, lines, keys=keys, identity=identity, out=sub, prefix=f"{parent_id} "
     )
     for failure in sub.failures:
@@ -407,7 +407,7 @@ def _check_parent(
     return False, steps.build
 
 
-def check_chain(
+def _check_chain(
     clients: AwsClients,
     build: Mapping[str, Any],
     keys: TrustedKeys,
@@ -471,16 +471,16 @@ def _check_build(
     chain: list[str],
 ) -> None:
     """With a signed build line: tags, files, the commit, the parent chain, the tests."""
-    check_tags(tag_expectations(build, verification), image.tags, out)
-    check_files(build, repo, out)
-    attested_commit = tag_expectations(build, None).get(T.GIT_COMMIT)
+    _check_tags(_tag_expectations(build, verification), image.tags, out)
+    _check_files(build, repo, out)
+    attested_commit = _tag_expectations(build, None).get(T.GIT_COMMIT)
     head = _git_head(repo)
     if attested_commit and head and head != attested_commit:
         out.warnings.append(
             f"{repo} is at commit {head[:12]}, the image was built from {attested_commit[:12]}"
         )
-    check_chain(clients, build, keys, out, chain)
-    check_tests(clients, verification, image, out)
+    _check_chain(clients, build, keys, out, chain)
+    _check_tests(clients, verification, image, out)
 
 
 def verify_provenance(
@@ -507,7 +507,7 @@ def verify_provenance(
         out.fail("attestation", f"{uri} is empty")
         return _report(ami_id, clients, uri, out, chain)
     keys = TrustedKeys(clients, public_key, key_file)
-    steps = check_steps(ami_id, lines, keys=keys, identity=image.identity, out=out, prefix="")
+    steps = _check_steps(ami_id, lines, keys=keys, identity=image.identity, out=out, prefix="")
     _check_newest_line(image, lines, out)
     if steps.build is None:
         out.fail("build", "no validly signed build attestation")
