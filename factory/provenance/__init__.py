@@ -64,7 +64,6 @@ from factory.provenance.store import (
     junit_summary,
     object_key,
     parse_s3_uri,
-    provenance_bucket,
     read_envelopes,
 )
 
@@ -107,7 +106,6 @@ __all__ = [
     "plan_build",
     "plan_promotion",
     "plan_verification",
-    "provenance_bucket",
     "read_envelopes",
     "record_build",
     "record_promotion",

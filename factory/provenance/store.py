@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from factory.aws import AwsClients, objects
-from factory.config import FactoryConfig
 from factory.errors import AwsError, ConfigError
 from factory.provenance.signing import Envelope
 
@@ -24,10 +23,6 @@ APPEND_ATTEMPTS = 5  # conditional writes before giving up on a file that keeps 
 
 def default_bucket(clients: AwsClients) -> str:
     return f"factory-provenance-{clients.account_id}-{clients.region}"
-
-
-def provenance_bucket(config: FactoryConfig, clients: AwsClients) -> str:
-    return config.provenance.bucket or default_bucket(clients)
 
 
 def object_key(account: str, region: str, ami_id: str, suffix: str = ATTESTATION) -> str:
