@@ -31,8 +31,14 @@ from factory.catalog import list_images
 from factory.channels import set_channel
 from factory.config import load_config
 from factory.localcloud import control
-from factory.provenance import record_build, record_verification, verify_provenance
-from factory.signing import Signer, generate_key_file, signer_from_config
+from factory.provenance import (
+    Signer,
+    generate_key_file,
+    record_build,
+    record_verification,
+    signer_from_config,
+    verify_provenance,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

@@ -370,7 +370,3 @@ def deprecation_passed(deprecation_time: str | None, now: datetime) -> bool:
     """Whether a DeprecationTime (ISO 8601, as EC2 gives it) is at or before `now`."""
     moment = parse_time(deprecation_time)
     return moment is not None and moment <= now
-
-
-def identity_of(image: Mapping[str, Any]) -> ImageIdentity:
-    return Image.from_api(image, "").identity

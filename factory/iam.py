@@ -216,7 +216,6 @@ ROLES = (
             Source("catalog"),
             Source("channels"),
             Source("provenance"),
-            Source("signing"),
             Source("pipeline"),
         ),
     ),
@@ -243,7 +242,6 @@ ROLES = (
             Source("catalog"),
             Source("channels"),
             Source("provenance"),
-            Source("signing"),
         ),
     ),
     JobRole(

@@ -96,4 +96,22 @@ def public_key_der(clients: AwsClients, key_id: str) -> bytes:
     )
 
 
+# ---- added for provenance ----
+
+UNREADABLE = (
+    "NotFoundException",
+    "AccessDeniedException",
+    "DisabledException",
+    "KMSInvalidStateException",
+)
+
+
+@requires("kms:GetPublicKey")
+def readable_public_key_der(clients: AwsClients, key_id: str) -> bytes | None:
+    """The key's public half, or None when this caller cannot read it (gone, disabled, pending
+    deletion, not allowed): a verifier then names the key it could not trust."""
+    found = call(clients.client("kms"), "GetPublicKey", ok=UNREADABLE, about=key_id, KeyId=key_id)
+    return bytes(found["PublicKey"]) if found is not None else None
+
+
 PERMISSIONS = module_permissions(__name__)

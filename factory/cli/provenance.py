@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.errors import ConfigError, VerificationError
+from factory.errors import VerificationError
 from factory.provenance import (
     ProvenanceReport,
     ProvenanceView,
+    configured_key_file,
+    create_key_file,
+    export_public_key,
     show_provenance,
     trusted_public_key,
     verify_provenance,
 )
-from factory.signing import generate_key_file, signer_from_config
 
 
 @click.group("provenance")
@@ -96,9 +97,7 @@ def provenance_verify(
 ) -> None:
     """Check AMI_ID's signatures, subject, tags, files, lineage and tests; exit 1 on mismatch."""
     cfg = ctx.config
-    key_file = cfg.provenance.key_file
-    if key_file is not None and not key_file.is_absolute():
-        key_file = cfg.root / key_file
+    key_file = configured_key_file(cfg)
     report = verify_provenance(
         ctx.clients(),
         ami_id,
@@ -115,22 +114,14 @@ def provenance_verify(
         )
 
 
-@dataclass(frozen=True)
-class KeyInfo:
-    keyid: str
-    path: str | None
-    public_key_pem: str
-
-
 @provenance_group.command("keygen")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @output_option
 @pass_cli
 def provenance_keygen(ctx: CliContext, path: Path) -> None:
     """Create an ECDSA P-256 signing key file at PATH (set [provenance] key_file to use it)."""
-    signer = generate_key_file(path)
-    pem = signer.public_key_pem().decode()
-    ctx.emit(KeyInfo(signer.keyid, str(path), pem), f"wrote {path} ({signer.keyid})\n{pem}")
+    key = create_key_file(path)
+    ctx.emit(key, f"wrote {key.path} ({key.keyid})\n{key.public_key_pem}")
 
 
 @provenance_group.command("public-key")
@@ -143,19 +134,8 @@ def provenance_keygen(ctx: CliContext, path: Path) -> None:
 @pass_cli
 def provenance_public_key(ctx: CliContext, out: Path | None) -> None:
     """The configured signer's public key (KMS or key file), for offline `verify --public-key`."""
-    signer = signer_from_config(ctx.config, ctx.clients())
-    pem = signer.public_key_pem().decode()
-    if out is not None:
-        try:
-            out.write_text(pem)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write {out}: {exc.strerror}; pass --out a file in an existing directory"
-            ) from None
-    ctx.emit(
-        KeyInfo(signer.keyid, str(out) if out else None, pem),
-        f"wrote {out} ({signer.keyid})" if out else pem.rstrip(),
-    )
+    key = export_public_key(ctx.config, ctx.clients(), out)
+    ctx.emit(key, f"wrote {key.path} ({key.keyid})" if out else key.public_key_pem.rstrip())
 
 
 COMMANDS: list[click.Command] = [provenance_group]

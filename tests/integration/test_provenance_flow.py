@@ -21,8 +21,13 @@ from imagekit import JUNIT_PASS, build_tags, facts_for, make_repo, register, reg
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.config import load_config
-from factory.provenance import parse_s3_uri, record_build, record_verification
-from factory.signing import KmsSigner, signer_from_config
+from factory.provenance import (
+    KmsSigner,
+    parse_s3_uri,
+    record_build,
+    record_verification,
+    signer_from_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -223,9 +228,7 @@ def test_revoke_cascade_then_everything_refuses_it(flow: Flow) -> None:
     for image in images:
         tags = {t["Key"]: t["Value"] for t in image["Tags"]}
         assert tags[T.STATUS] == "revoked" and tags[T.REVOKED_REASON] == "CVE-2026-0001"
-    deprecation = {i["deprecation"] for i in result["images"]}
-    if deprecation == {"unsupported by this endpoint"}:
-        pytest.skip("the local cloud does not implement EnableImageDeprecation yet")
+    assert all(i["deprecation"].startswith("enabled at ") for i in result["images"])
     assert all(i.get("DeprecationTime") for i in images)
     r = factory(flow.repo, "channel", "set", "web", "prod", flow.v2)
     assert r.returncode == 2 and "revoked (CVE-2026-0001)" in r.stderr

@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,32 +23,36 @@ from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.aws.model import Image
 from factory.cli import cli
 from factory.config import ProvenanceConfig, load_config
-from factory.errors import ConfigError
+from factory.errors import AwsError, ConfigError
 from factory.localcloud import ext_kms
 from factory.localcloud.app import ActionRequest, ExtensionError
 from factory.provenance import (
     PREDICATE_TYPE,
     STATEMENT_TYPE,
+    AttestedImage,
+    BuildFacts,
+    Envelope,
+    FileSigner,
+    KmsSigner,
+    ParentRef,
     file_digests,
+    generate_key_file,
     junit_summary,
+    keyid_for,
+    pae,
     parse_s3_uri,
+    plan_build,
+    plan_promotion,
+    plan_verification,
     read_envelopes,
     record_build,
     record_promotion,
     record_verification,
     show_provenance,
-    verify_provenance,
-)
-from factory.signing import (
-    Envelope,
-    FileSigner,
-    KmsSigner,
-    generate_key_file,
-    keyid_for,
-    pae,
     sign_envelope,
     signer_from_config,
     verify_envelope,
+    verify_provenance,
 )
 
 
@@ -517,3 +522,88 @@ def test_verify_refuses_a_missing_repo_before_any_aws_call(tmp_path: Path) -> No
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+# ---- plans are values; keys the verifier cannot read are named, not raised ---------------------
+
+
+def _facts(tmp_path: Path) -> BuildFacts:
+    files = make_repo(tmp_path)
+    tags = make_build_tags("web", "1.0", "ami-0base")
+    return facts_for(tmp_path, files, "web", "1.0", "ami-0base", tags)
+
+
+def test_plans_need_no_aws(tmp_path: Path) -> None:
+    image = Image("ami-0abc", "eu-west-1", name="web-1.0", snapshot_ids=("snap-1",))
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    parent = ParentRef("ami-0base", "ab" * 32, "s3://b/base.intoto.jsonl", "cd" * 32)
+    build = plan_build(image, parent, _facts(tmp_path), account="111", bucket="b", at=at)
+    assert (build.bucket, build.key) == ("b", "provenance/111/eu-west-1/ami-0abc.intoto.jsonl")
+    assert build.statement["subject"][0]["digest"]["sha256"] == image.identity.digest
+    source = build.statement["predicate"]["buildDefinition"]["resolvedDependencies"][0]
+    assert source["annotations"]["attestation_digest"] == "cd" * 32
+    assert build.reports == ()
+    attested = AttestedImage(image, f"s3://b/{build.key}", build.statement)
+    verification = plan_verification(
+        attested,
+        account="111",
+        bucket="b",
+        junit=JUNIT_PASS,
+        verify_result_digest="ef" * 32,
+        passed=False,  # verify's verdict wins over a clean JUnit report
+        suite_digest=None,
+        summary=b"{}",
+        at=at,
+    )
+    assert [r.key.rsplit(".", 2)[-2:] for r in verification.reports] == [
+        ["junit", "xml"],
+        ["verify-result", "json"],
+    ]
+    products = {
+        p["name"]: p for p in verification.statement["predicate"]["runDetails"]["byproducts"]
+    }
+    assert products["verify-result"]["annotations"]["result"] == "failed"
+    assert products["verify-result"]["uri"] == f"s3://b/{verification.reports[1].key}"
+    assert products["junit.xml"]["annotations"] == {
+        "tests": 5,
+        "failures": 0,
+        "errors": 0,
+        "skipped": 1,
+    }
+    metadata = verification.statement["predicate"]["runDetails"]["metadata"]
+    assert metadata["finishedOn"] == "2026-01-02T03:04:05Z"
+    with pytest.raises(ConfigError, match="names no copy"):
+        plan_promotion(attested, account="111", bucket="b", copies=[], at=at)
+
+
+class _UnknownKmsKey:
+    """Signs with a key file but names a KMS key that does not exist."""
+
+    def __init__(self, signer: FileSigner, keyid: str) -> None:
+        self._signer = signer
+        self.keyid = keyid
+
+    def sign(self, message: bytes) -> bytes:
+        return self._signer.sign(message)
+
+    def public_key_pem(self) -> bytes:
+        return self._signer.public_key_pem()
+
+
+def test_verify_names_a_kms_key_it_cannot_read(aws: AwsClients, tmp_path: Path) -> None:
+    files = make_repo(tmp_path)
+    keyid = f"arn:aws:kms:us-east-1:{aws.account_id}:key/00000000-0000-0000-0000-000000000000"
+    signer = _UnknownKmsKey(generate_key_file(tmp_path / "k.pem"), keyid)
+    base = register_base(aws)
+    tags = make_build_tags("web", "5.0", base)
+    ami = register(aws, "web-5.0", tags)
+    record_build(aws, signer, ami, facts_for(tmp_path, files, "web", "5.0", base, tags))
+    report = verify_provenance(aws, ami, repo=tmp_path)
+    assert report.failures[0].detail == f"no trusted public key for keyid {keyid}"
+
+
+def test_a_configured_kms_key_that_does_not_exist_is_named(aws: AwsClients) -> None:
+    signer = KmsSigner(aws, "alias/nope")
+    with pytest.raises(AwsError, match="alias/nope") as raised:
+        _ = signer.keyid
+    assert raised.value.exit_code == 1 and raised.value.code == "NotFoundException"
