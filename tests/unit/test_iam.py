@@ -97,10 +97,23 @@ def _bindings(tree: ast.AST) -> dict[str, str]:
     return bound
 
 
+def _gateway_names(tree: ast.AST) -> set[str]:
+    """Local names of the gateway modules a module imports (`from factory.aws import instances`):
+    `instances.delete_key_pair(...)` is the gateway's function, declared there, not a client's."""
+    return {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "factory.aws"
+        for alias in node.names
+        if alias.name in iam.GATEWAYS
+    }
+
+
 def api_calls(path: Path, tree: ast.AST | None = None) -> set[str]:
     """Every AWS API call a module (or one node of it) makes, as `prefix:Operation`."""
     tree = tree or ast.parse(path.read_text())
     bound = _bindings(ast.parse(path.read_text()))
+    gateways = _gateway_names(ast.parse(path.read_text()))
     rel = path.relative_to(FACTORY).as_posix()
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -118,6 +131,8 @@ def api_calls(path: Path, tree: ast.AST | None = None) -> set[str]:
             service = _client_service(node.args[0], bound)
             found |= _qualify(operation, service, f"{rel}:{node.lineno}")
         elif isinstance(func, ast.Attribute):
+            if isinstance(func.value, ast.Name) and func.value.id in gateways:
+                continue
             service = _client_service(func.value, bound)
             method = func.attr
             if method == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
