@@ -20,7 +20,7 @@ from factory.aws import AwsClients, images
 from factory.output import Progress
 from factory.verify import lifecycle
 from factory.verify.hostkeys import wait_console_keys
-from factory.verify.job import Job, Verification
+from factory.verify.job import Job, Verification, say_verdict
 from factory.verify.plan import VerifyPlan, VerifySettings, gather_verify, plan_verify
 from factory.verify.results import (
     CleanupReport,
@@ -80,7 +80,7 @@ class FreshVerification(Verification):
             verdict = verdict_of(result)
             images.tag(job.clients, [job.target.ami_id], verdict)
             result = replace(result, tagged_status=verdict[tags.STATUS])
-        job.say_verdict(summary)
+        say_verdict(job, summary)
         return result
 
     def clean_up(self, job: Job, *, keep: bool) -> tuple[CleanupReport, KeptInstance | None]:

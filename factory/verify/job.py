@@ -74,13 +74,15 @@ class Job:
                 "output, or raise --boot-timeout"
             ) from None
 
-    def say_verdict(self, summary: TestSummary) -> None:
-        word = "verified" if summary.all_passed else "FAILED"
-        self.say(
-            f"{word}: {summary.passed} passed, {summary.failed + summary.errors} failed, "
-            f"{summary.skipped} skipped in {summary.seconds:.2f}s"
-            + (f"; failing: {', '.join(summary.failing)}" if summary.failing else "")
-        )
+
+def say_verdict(job: Job, summary: TestSummary) -> None:
+    """The progress line when a suite has run: the counts, and which tests failed."""
+    word = "verified" if summary.all_passed else "FAILED"
+    job.say(
+        f"{word}: {summary.passed} passed, {summary.failed + summary.errors} failed, "
+        f"{summary.skipped} skipped in {summary.seconds:.2f}s"
+        + (f"; failing: {', '.join(summary.failing)}" if summary.failing else "")
+    )
 
 
 class Verification(ABC):
@@ -118,7 +120,8 @@ class Verification(ABC):
     def clean_up(self, job: Job, *, keep: bool) -> tuple[CleanupReport, KeptInstance | None]:
         """Remove what the steps made (keep the instance if asked and it was reached)."""
 
-    def job(self) -> Job:
+    def start_job(self) -> Job:
+        """The job for one run, with a fresh scratch directory (removed by `clean_up`)."""
         return Job(
             clients=self.clients,
             target=self.target,
@@ -132,7 +135,7 @@ class Verification(ABC):
 
     def run(self) -> VerifyResult:
         started = time.monotonic()
-        job = self.job()
+        job = self.start_job()
         result = VerifyResult(
             ami_id=self.target.ami_id,
             region=self.clients.region,

@@ -24,7 +24,7 @@ from factory.aws.model import Image, Instance
 from factory.errors import ConfigError, FactoryError, RefusedError, VerificationError
 from factory.output import Progress
 from factory.verify.hostkeys import wait_console_keys
-from factory.verify.job import Job, Verification, new_run_id
+from factory.verify.job import Job, Verification, new_run_id, say_verdict
 from factory.verify.plan import VerifySettings, VerifyTarget, no_such_images, target_for
 from factory.verify.results import CleanupReport, KeptInstance, SuiteRun, VerifyResult, record
 from factory.verify.session import (
@@ -158,18 +158,15 @@ def key_pair_public_key(clients: AwsClients, key_name: str | None) -> str:
 class KeyPusher:
     """Offers an ephemeral public key through EC2 Instance Connect, again before it expires."""
 
-    def __init__(
-        self, clients: AwsClients, instance: Instance, user: str, public_key: str, job: Job
-    ) -> None:
-        self.clients = clients
-        self.instance = instance
-        self.user = user
-        self.public_key = public_key
+    def __init__(self, job: Job, instance: Instance, public_key: str) -> None:
         self.job = job
+        self.instance = instance
+        self.public_key = public_key
         self._pushed_at: float | None = None
 
     def push(self) -> None:
-        instances.send_ssh_public_key(self.clients, self.instance, self.user, self.public_key)
+        user = self.job.settings.ssh_user
+        instances.send_ssh_public_key(self.job.clients, self.instance, user, self.public_key)
         self._pushed_at = time.monotonic()
 
     def before_connect(self) -> None:
@@ -246,7 +243,7 @@ class LiveVerification(Verification):
             return _Access(access, public_key, launch_public_key=public_key)
         key_path, public_key = make_key(job.workdir, f"factory-verify-{self.run_id}")
         launch_key = key_pair_public_key(self.clients, self.plan.instance.key_name)
-        pusher = KeyPusher(self.clients, self.plan.instance, user, public_key, job)
+        pusher = KeyPusher(job, self.plan.instance, public_key)
         hint = (
             "does the image have EC2 Instance Connect (the ec2-instance-connect package), "
             "and is --ssh-user its login user? Or pass --ssh-key with the instance's key pair"
@@ -298,7 +295,7 @@ class LiveVerification(Verification):
         result = replace(result, test_seconds=round(time.monotonic() - test_started, 3))
         run = SuiteRun(job.target, instance_id, summary, junit_path, started_at)
         result = record(run, result, job.result_dir)
-        job.say_verdict(summary)
+        say_verdict(job, summary)
         return result
 
     def clean_up(self, job: Job, *, keep: bool) -> tuple[CleanupReport, KeptInstance | None]:

@@ -20,7 +20,7 @@ from factory import process, tags
 from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.aws.model import Image
 from factory.cli import cli
-from factory.errors import ConfigError, Interrupted, RefusedError
+from factory.errors import ConfigError, Interrupted, RefusedError, VerificationError
 from factory.output import Progress
 from factory.verify import (
     HOST_ALIAS,
@@ -393,3 +393,41 @@ def test_cli_verify_instance_bad_input_changes_nothing(
     result = CliRunner().invoke(cli, args, standalone_mode=False)
     assert isinstance(result.exception, ConfigError), result.output
     assert message in result.exception.message
+
+
+# --- boot waits: what did not happen, and Ctrl-C ends them ----------------------------------
+
+
+def _job(tmp_path: Path, boot_timeout: float) -> Job:
+    return Job(
+        clients=AwsClients(AwsTarget("us-east-1")),  # no call is made
+        target=VerifyTarget(ami_id="ami-1", name="x", family=None, suite=SUITE),
+        settings=VerifySettings(boot_timeout=boot_timeout),
+        run_id="ami-1-run",
+        result_dir=tmp_path / "results",
+        workdir=tmp_path,
+        progress=Progress(quiet=True),
+        interrupts=process.Interrupts(),
+    )
+
+
+def test_a_boot_wait_says_what_did_not_happen(tmp_path: Path) -> None:
+    with pytest.raises(VerificationError) as info:
+        _job(tmp_path, 1.0).wait_for(lambda: None, "i-1 did not reach running", lambda: "refused")
+    assert info.value.message == (
+        "ami-1: i-1 did not reach running within 1s (last error: refused); see the instance's "
+        "console output, or raise --boot-timeout"
+    )
+
+
+def test_ctrl_c_ends_a_boot_wait_before_the_next_poll(tmp_path: Path) -> None:
+    job = _job(tmp_path, 600.0)
+    polls: list[int] = []
+
+    def _check() -> None:
+        polls.append(1)
+        job.interrupts.cancelled.set()  # as the signal handler does
+
+    with pytest.raises(Interrupted):
+        job.wait_for(_check, "i-1 did not reach running")
+    assert polls == [1]
