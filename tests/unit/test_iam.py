@@ -78,6 +78,17 @@ def _client_service(node: ast.expr, bound: dict[str, str]) -> str | None:
     return bound.get(name) or ALIASES.get(name)
 
 
+def _gateway_names(tree: ast.AST) -> set[str]:
+    """Local names of the gateway modules a module imports (`from factory.aws import images`)."""
+    return {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "factory.aws"
+        for alias in node.names
+        if alias.name in iam.GATEWAYS
+    }
+
+
 def _bindings(tree: ast.AST) -> dict[str, str]:
     """Names (and self.attributes) assigned a client in a module: `ec2 = clients.client("ec2")`."""
     bound: dict[str, str] = {}
@@ -95,18 +106,6 @@ def _bindings(tree: ast.AST) -> dict[str, str]:
             if service and isinstance(target, ast.Name | ast.Attribute):
                 bound[target.id if isinstance(target, ast.Name) else target.attr] = service
     return bound
-
-
-def _gateway_names(tree: ast.AST) -> set[str]:
-    """Local names of the gateway modules a module imports (`from factory.aws import instances`):
-    `instances.delete_key_pair(...)` is the gateway's function, declared there, not a client's."""
-    return {
-        alias.asname or alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module == "factory.aws"
-        for alias in node.names
-        if alias.name in iam.GATEWAYS
-    }
 
 
 def api_calls(path: Path, tree: ast.AST | None = None) -> set[str]:
@@ -132,7 +131,7 @@ def api_calls(path: Path, tree: ast.AST | None = None) -> set[str]:
             found |= _qualify(operation, service, f"{rel}:{node.lineno}")
         elif isinstance(func, ast.Attribute):
             if isinstance(func.value, ast.Name) and func.value.id in gateways:
-                continue
+                continue  # images.delete_snapshot(...): a gateway function, declared there
             service = _client_service(func.value, bound)
             method = func.attr
             if method == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
