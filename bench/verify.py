@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.aws import AwsClients, AwsTarget
+from factory.aws.wait import wait_until
 from factory.localcloud import control
 from factory.output import Progress
 from factory.verify import VerifySettings, verify_images, verify_instance
@@ -92,15 +93,15 @@ def live_runs(clients: AwsClients, ami: str, out: Path, runs: int) -> dict[str, 
     instance = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro")[
         "Instances"
     ][0]["InstanceId"]
+
+    def healthy() -> bool | None:
+        statuses = ec2.describe_instance_status(InstanceIds=[instance], IncludeAllInstances=True)[
+            "InstanceStatuses"
+        ]
+        return bool(statuses and statuses[0]["InstanceStatus"]["Status"] == "ok") or None
+
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            statuses = ec2.describe_instance_status(
-                InstanceIds=[instance], IncludeAllInstances=True
-            )["InstanceStatuses"]
-            if statuses and statuses[0]["InstanceStatus"]["Status"] == "ok":
-                break
-            time.sleep(0.2)
+        wait_until(healthy, timeout=120, what=f"{instance} healthy")
         results = []
         for _ in range(runs):
             result = verify_instance(

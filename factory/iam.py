@@ -212,7 +212,11 @@ ROLES = (
             Source("aws", SESSION_PERMISSIONS),
             Source("packer", PACKER_PERMISSIONS),
             Source("build"),
-            Source("verify"),
+            # verify's modules that call gateways, but live (Instance Connect is the deployer's)
+            Source("verify.plan"),
+            Source("verify.fresh"),
+            Source("verify.lifecycle"),
+            Source("verify.hostkeys"),
             Source("catalog"),
             Source("channels"),
             Source("provenance"),
@@ -226,10 +230,8 @@ ROLES = (
             Source("aws", SESSION_PERMISSIONS),
             Source("rollout"),
             Source("fleet"),
-            Source(
-                "verify.live",
-                tuple(sorted(_legacy_permissions(FACTORY / "verify.py", ("LIVE_PERMISSIONS",)))),
-            ),
+            Source("verify.live"),
+            Source("verify.hostkeys"),  # the console's host keys, for live verification too
         ),
     ),
     JobRole(

@@ -21,8 +21,9 @@ from factory.verify import (
     VerifyResult,
     VerifySettings,
     apply_verify,
+    gather_verify,
     load_private_key,
-    plan_for,
+    plan_verify,
     require_verified,
     verify_instance,
 )
@@ -179,13 +180,10 @@ def verify_cmd(
         user_data=user_data_file.read() if user_data_file else None,
     )
     clients = cli.clients()
-    plan = plan_for(
-        clients,
-        list(ami_ids),
-        templates_dir=cli.config.templates_dir,
-        suite_dirs=suites,
-        settings=settings,
+    facts = gather_verify(
+        clients, list(ami_ids), templates_dir=cli.config.templates_dir, suite_dirs=suites
     )
+    plan = plan_verify(facts, settings)
     if dry_run:
         cli.emit(plan, render_plan(plan))
         return

@@ -96,33 +96,17 @@ def _make_image(clients: AwsClients, source: str, script: str, image_tags: dict[
         ImageId=source, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=name
     )["Instances"][0]["InstanceId"]
     try:
-        address = None
-        for _ in range(150):
-            instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
-                "Instances"
-            ][0]
-            address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
-            if instance["State"]["Name"] == "running" and address:
-                break
-            time.sleep(0.2)
+        wait_healthy(ec2, [instance_id])  # the local cloud: sshd answers, the key is installed
+        instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+            "Instances"
+        ][0]
+        address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
         key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        for attempt in range(100):
-            try:
-                client.connect(
-                    address,
-                    username="admin",
-                    pkey=key,
-                    allow_agent=False,
-                    look_for_keys=False,
-                    timeout=5,
-                )
-                break
-            except (OSError, paramiko.SSHException):
-                if attempt == 99:
-                    raise
-                time.sleep(0.2)
+        client.connect(
+            address, username="admin", pkey=key, allow_agent=False, look_for_keys=False, timeout=5
+        )
         env = " ".join(
             f"{k}={shlex.quote(v)}"
             for k, v in {

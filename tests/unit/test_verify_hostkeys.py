@@ -11,9 +11,9 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -24,7 +24,7 @@ from factory.verify import (
     ConsoleHostKeys,
     HostKey,
     HostKeyError,
-    _PinnedKeyPolicy,
+    PinnedKeyPolicy,
     parse_console_host_keys,
     ssh_config_text,
 )
@@ -173,6 +173,7 @@ def test_known_hosts_line() -> None:
 class _Server(paramiko.ServerInterface):
     def __init__(self, authorized: paramiko.PKey) -> None:
         self.authorized = authorized
+        self.requests_answered = threading.Semaphore(0)  # released by _Transport
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -186,13 +187,23 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         def _reply() -> None:
-            time.sleep(0.2)  # after paramiko has sent the exec request's success reply
+            # after paramiko has sent the exec request's success reply, never before it
+            assert self.requests_answered.acquire(timeout=10)
             channel.sendall(b"hello\n")
             channel.send_exit_status(0)
             channel.close()
 
         threading.Thread(target=_reply, daemon=True).start()
         return True
+
+
+class _Transport(paramiko.Transport):
+    """Tells the server interface when it has answered a channel request (SUCCESS sent)."""
+
+    def _send_user_message(self, data: Any) -> None:
+        super()._send_user_message(data)
+        if data.asbytes()[:1] == paramiko.common.cMSG_CHANNEL_SUCCESS:
+            self.server_object.requests_answered.release()
 
 
 @pytest.fixture
@@ -215,7 +226,7 @@ def ssh_server(keys: Keys) -> Iterator[Server]:
                 continue
             except OSError:
                 return
-            transport = paramiko.Transport(conn)
+            transport = _Transport(conn)
             transport.add_server_key(host_key)
             transports.append(transport)
             try:
@@ -233,8 +244,8 @@ def ssh_server(keys: Keys) -> Iterator[Server]:
     thread.join(timeout=5)
 
 
-def _connect(port: int, client_key: paramiko.PKey, pins: ConsoleHostKeys) -> _PinnedKeyPolicy:
-    policy = _PinnedKeyPolicy(pins)
+def _connect(port: int, client_key: paramiko.PKey, pins: ConsoleHostKeys) -> PinnedKeyPolicy:
+    policy = PinnedKeyPolicy(pins)
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(policy)
     try:

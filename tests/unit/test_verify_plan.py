@@ -17,27 +17,28 @@ from click.testing import CliRunner
 from moto import mock_aws
 
 from factory import process, tags
-from factory.aws import AwsClients, AwsTarget
+from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.aws.model import Image
 from factory.cli import cli
-from factory.errors import ConfigError, Interrupted, RefusedError
+from factory.errors import ConfigError, Interrupted, RefusedError, VerificationError
 from factory.output import Progress
 from factory.verify import (
     HOST_ALIAS,
-    ImageFacts,
     Suite,
+    VerifyFacts,
     VerifySettings,
     VerifyTarget,
-    _Resources,
-    _Verification,
     caller_cidr,
+    gather_verify,
     load_suite,
-    plan_for,
     plan_verify,
     pytest_argv,
     ssh_config_text,
     suite_dirs_for,
     suite_root,
 )
+from factory.verify.job import Job, new_run_id
+from factory.verify.lifecycle import Resources, clean_up, resource_tags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,7 @@ SUITE = Suite(
 )
 
 
-def _image(ami: str = "ami-1", **kw: object) -> ImageFacts:
+def _image(ami: str = "ami-1", **kw: object) -> Image:
     values: dict[str, object] = {
         "name": "base-1",
         "state": "available",
@@ -113,15 +114,27 @@ def _image(ami: str = "ami-1", **kw: object) -> ImageFacts:
         "tags": {tags.FAMILY: "base"},
     }
     values.update(kw)
-    return ImageFacts(ami_id=ami, **values)  # type: ignore[arg-type]
+    return Image(ami_id=ami, region="r", **values)  # type: ignore[arg-type]
+
+
+def _facts(
+    images: list[Image],
+    suites: dict[str, Suite],
+    *,
+    region: str = "r",
+    account_id: str = "111",
+    default_suite: bool = True,
+) -> VerifyFacts:
+    return VerifyFacts(region, account_id, tuple(images), suites, default_suite=default_suite)
 
 
 def test_plan_verifies_each_image_with_its_suite() -> None:
     plan = plan_verify(
-        "eu-west-1",
-        "111",
-        [_image("ami-1"), _image("ami-2")],
-        {"ami-1": SUITE, "ami-2": SUITE},
+        _facts(
+            [_image("ami-1"), _image("ami-2")],
+            {"ami-1": SUITE, "ami-2": SUITE},
+            region="eu-west-1",
+        ),
         VerifySettings(parallel=2),
     )
     assert [t.ami_id for t in plan.targets] == ["ami-1", "ami-2"]
@@ -140,29 +153,29 @@ def test_plan_verifies_each_image_with_its_suite() -> None:
         ),
     ],
 )
-def test_plan_refuses(image: ImageFacts, error: type[Exception], match: str) -> None:
+def test_plan_refuses(image: Image, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        plan_verify("r", "111", [image], {"ami-1": SUITE}, VerifySettings())
+        plan_verify(_facts([image], {"ami-1": SUITE}), VerifySettings())
 
 
 def test_plan_rejects_bad_settings() -> None:
     with pytest.raises(ConfigError, match="--parallel"):
-        plan_verify("r", "111", [_image()], {"ami-1": SUITE}, VerifySettings(parallel=0))
+        plan_verify(_facts([_image()], {"ami-1": SUITE}), VerifySettings(parallel=0))
     with pytest.raises(ConfigError, match="not a CIDR"):
-        plan_verify("r", "111", [_image()], {"ami-1": SUITE}, VerifySettings(ssh_cidr="me"))
+        plan_verify(_facts([_image()], {"ami-1": SUITE}), VerifySettings(ssh_cidr="me"))
     with pytest.raises(ConfigError, match="no images"):
-        plan_verify("r", "111", [], {}, VerifySettings())
+        plan_verify(_facts([], {}), VerifySettings())
 
 
 def test_plan_warns_and_does_not_tag_what_is_not_ours() -> None:
     plan = plan_verify(
-        "r", "111", [_image(owner_id="136693071363", tags={})], {"ami-1": SUITE}, VerifySettings()
+        _facts([_image(owner_id="136693071363", tags={})], {"ami-1": SUITE}), VerifySettings()
     )
     assert plan.targets[0].tag_verdict is False
     assert any("belongs to account 136693071363" in w for w in plan.warnings)
     assert any("no factory:family tag" in w for w in plan.warnings)
     explicit = plan_verify(
-        "r", "111", [_image(tags={})], {"ami-1": SUITE}, VerifySettings(), default_suite=False
+        _facts([_image(tags={})], {"ami-1": SUITE}, default_suite=False), VerifySettings()
     )
     assert explicit.warnings == ()
 
@@ -238,19 +251,19 @@ def test_cleanup_removes_what_an_interrupted_run_created(
     ec2 = moto_clients.client("ec2")
     ami = _any_ami(moto_clients)
     target = VerifyTarget(ami_id=ami, name="x", family=None, suite=SUITE)
-    job = _Verification(
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    job = Job(
         clients=moto_clients,
         target=target,
         settings=VerifySettings(),
-        output_dir=tmp_path,
+        run_id=new_run_id(ami),
+        result_dir=tmp_path / "results",
+        workdir=workdir,
         progress=Progress(quiet=True),
         interrupts=process.Interrupts(),
     )
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    res = _Resources(
-        run_id=job.run_id, workdir=workdir, key_name=f"k-{job.run_id}", group_name=f"g-{job.run_id}"
-    )
+    res = Resources(run_id=job.run_id, key_name=f"k-{job.run_id}", group_name=f"g-{job.run_id}")
     ec2.create_security_group(GroupName=res.group_name, Description="d")  # id never recorded
     ec2.import_key_pair(
         KeyName=res.key_name,
@@ -260,11 +273,14 @@ def test_cleanup_removes_what_an_interrupted_run_created(
     )
     res.key_imported = True
     ec2.run_instances(
-        ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=job._tag_spec("instance")
+        ImageId=ami,
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list(resource_tags(job))}],
     )
     res.launch_requested = True  # ... and the reply was lost
 
-    report, kept = job._cleanup(res, keep=False, address=None)
+    report, kept = clean_up(job, res, keep=False, address=None)
 
     assert kept is None and report.leftovers == ()
     assert len(report.instances_terminated) == 1
@@ -289,10 +305,10 @@ def test_cleanup_removes_what_an_interrupted_run_created(
     assert not workdir.exists()
 
 
-def test_plan_for_names_missing_images(moto_clients: AwsClients, tmp_path: Path) -> None:
+def test_gather_names_missing_images(moto_clients: AwsClients, tmp_path: Path) -> None:
     _family(tmp_path, "_common", {"test_a.py": "def test_a(host): pass\n"})
     with pytest.raises(ConfigError, match="no such image in us-east-1: ami-12345678"):
-        plan_for(moto_clients, ["ami-12345678"], templates_dir=tmp_path, settings=VerifySettings())
+        gather_verify(moto_clients, ["ami-12345678"], templates_dir=tmp_path)
 
 
 def test_cli_dry_run_prints_the_plan(moto_clients: AwsClients, tmp_path: Path) -> None:
@@ -336,18 +352,23 @@ def _config(tmp_path: Path) -> Path:
 def test_a_cancelled_worker_interrupts_its_child_promptly() -> None:
     """--parallel runs pytest from worker threads, where no signal arrives: `cancel` stands in."""
     cancel = threading.Event()
+    running = threading.Event()  # the child said it runs
     outcome: list[BaseException] = []
 
     def _worker() -> None:
         try:
-            process.run(["sleep", "30"], cancel=cancel)
+            process.run(
+                ["sh", "-c", "echo running; exec sleep 30"],
+                cancel=cancel,
+                on_stdout_line=lambda _line: running.set(),
+            )
         except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
             outcome.append(exc)
 
     started = time.monotonic()
     worker = threading.Thread(target=_worker)
     worker.start()
-    time.sleep(0.3)
+    assert running.wait(timeout=5)
     cancel.set()
     worker.join(timeout=10)
     assert not worker.is_alive()
@@ -372,3 +393,41 @@ def test_cli_verify_instance_bad_input_changes_nothing(
     result = CliRunner().invoke(cli, args, standalone_mode=False)
     assert isinstance(result.exception, ConfigError), result.output
     assert message in result.exception.message
+
+
+# --- boot waits: what did not happen, and Ctrl-C ends them ----------------------------------
+
+
+def _job(tmp_path: Path, boot_timeout: float) -> Job:
+    return Job(
+        clients=AwsClients(AwsTarget("us-east-1")),  # no call is made
+        target=VerifyTarget(ami_id="ami-1", name="x", family=None, suite=SUITE),
+        settings=VerifySettings(boot_timeout=boot_timeout),
+        run_id="ami-1-run",
+        result_dir=tmp_path / "results",
+        workdir=tmp_path,
+        progress=Progress(quiet=True),
+        interrupts=process.Interrupts(),
+    )
+
+
+def test_a_boot_wait_says_what_did_not_happen(tmp_path: Path) -> None:
+    with pytest.raises(VerificationError) as info:
+        _job(tmp_path, 1.0).wait_for(lambda: None, "i-1 did not reach running", lambda: "refused")
+    assert info.value.message == (
+        "ami-1: i-1 did not reach running within 1s (last error: refused); see the instance's "
+        "console output, or raise --boot-timeout"
+    )
+
+
+def test_ctrl_c_ends_a_boot_wait_before_the_next_poll(tmp_path: Path) -> None:
+    job = _job(tmp_path, 600.0)
+    polls: list[int] = []
+
+    def _check() -> None:
+        polls.append(1)
+        job.interrupts.cancelled.set()  # as the signal handler does
+
+    with pytest.raises(Interrupted):
+        job.wait_for(_check, "i-1 did not reach running")
+    assert polls == [1]
