@@ -9,10 +9,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from imagekit import wait_for
 from moto.core.types import Base64EncodedString
 
 from factory.errors import FactoryError
@@ -158,14 +158,16 @@ def test_sweep_kills_leftover_sandbox_processes_and_removes_directories(tmp_path
         [sys.executable, "-c", "import time; time.sleep(60)", "guest_init", str(instance_dir)],
     )
     try:
-        deadline = time.monotonic() + 10  # until exec: before it the cmdline is pytest's
-        while b"guest_init" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(  # until exec: before it the cmdline is pytest's
+            lambda: b"guest_init" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(),
+            timeout=10,
+            what="the stand-in process to exec",
+            interval=0.01,
+        )
         runtime.sweep(state)
-        deadline = time.monotonic() + 5
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: proc.poll() is not None, timeout=5, what="the sweep to end it", interval=0.05
+        )
         assert proc.returncode is not None
     finally:
         if proc.poll() is None:
