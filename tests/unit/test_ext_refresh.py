@@ -626,8 +626,8 @@ def test_scale_in_protected_wait(cloud: Cloud) -> None:
         AutoScalingGroupName=cloud.name("g"), InstanceIds=[first], ProtectedFromScaleIn=True
     )
     cloud.start(MinHealthyPercentage=50)  # Wait is the default
-    waiting = cloud.until(lambda r: "protected" in r.get("StatusReason", ""), "the wait")
-    assert waiting["Status"] == "InProgress"
+    cloud.until(lambda r: "protected" in r.get("StatusReason", ""), "the wait")
+    assert cloud.describe()["Status"] == "InProgress"
     cloud.asg.set_instance_protection(
         AutoScalingGroupName=cloud.name("g"), InstanceIds=[first], ProtectedFromScaleIn=False
     )
