@@ -49,7 +49,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	for b in cli localcloud build verify provenance rollout retire; do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
+	for b in cli localcloud refresh build verify provenance rollout retire; do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	-$(FACTORY) local down --state-dir $(STATE)/local 2>/dev/null

@@ -1,4 +1,6 @@
-"""Shared fixtures: the local cloud (started once per session) and AWS clients pointed at it."""
+"""Shared fixtures: the local cloud (started once per session) and AWS clients pointed at it;
+the suite's own option (`--update-golden`) and the rule that what the integration tier and the
+instance runtime need is there: missing, their tests fail, never skip."""
 
 from __future__ import annotations
 
@@ -17,17 +19,57 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGE_CACHE = Path(
     os.environ.get("FACTORY_LOCAL_IMAGE_CACHE", REPO / ".factory" / "cache" / "images")
 )
+# Tests under these folders are the integration tier, marked or not.
+INTEGRATION_TIER = (REPO / "tests" / "integration", REPO / "tests" / "e2e")
 
 
-def _needs_root() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/unit/golden/ from what the templates render now (review the diff)",
+    )
+
+
+def runtime_missing() -> str | None:
+    """Why the local cloud's instance runtime cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "it needs root (sandboxes mount overlays and enter namespaces)"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    return None
+
+
+def _fail_without_runtime() -> None:
+    why = runtime_missing()
+    if why is not None:
+        pytest.fail(
+            f"the local cloud's instance runtime cannot run: {why}. Run the suite as root, as "
+            "`make test` and CI do, or deselect these tests with -m 'not runtime'",
+            pytrace=False,
+        )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(tier in item.path.parents for tier in INTEGRATION_TIER):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("integration") is not None and shutil.which("packer") is None:
+        pytest.fail(
+            "the integration tier needs packer on PATH (`make setup` installs it)", pytrace=False
+        )
+    if item.get_closest_marker("runtime") is not None:
+        _fail_without_runtime()
 
 
 @pytest.fixture(scope="session")
 def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.LocalCloudStatus]:
     """The local cloud with sandboxed instances, for the whole test session."""
-    if not _needs_root():
-        pytest.skip("the local cloud's instance runtime needs root")
+    _fail_without_runtime()
     state_dir = tmp_path_factory.mktemp("localcloud")
     status = control.up(state_dir, instances=True, image_cache=IMAGE_CACHE)
     saved = {k: os.environ.get(k) for k in control.env_vars(status)}

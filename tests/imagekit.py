@@ -4,7 +4,6 @@ and, for the local cloud's tiers, waiting for conditions and for instances to be
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,21 +11,32 @@ from typing import Any, TypeVar
 
 from factory import tags as T
 from factory.aws import AwsClients, tag_list
+from factory.aws.wait import Poller, TimedOut, wait_until
 from factory.provenance import BuildFacts, FileDigest, sha256_file
 
 _counter = itertools.count(1)
 V = TypeVar("V")
 
 
-def wait_for(probe: Callable[[], V | None], timeout: float = 20.0, what: str = "condition") -> V:
-    """Poll `probe` until it returns something truthy (returned), or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(
+    probe: Callable[[], V | None],
+    timeout: float = 20.0,
+    what: str | Callable[[], str] = "condition",
+    *,
+    interval: float = 0.1,
+) -> V:
+    """Poll `probe` every `interval` s until it returns something truthy (returned); fail the
+    test after `timeout` s saying what did not happen (`what`, or a function giving it with the
+    state last seen). The factory's own wait helper paces the polls."""
+    try:
+        return wait_until(
+            lambda: value if (value := probe()) else None,
+            timeout=timeout,
+            what=what,
+            poller=Poller(interval=interval, max_interval=interval),
+        )
+    except TimedOut as error:
+        raise AssertionError(f"timed out waiting for {error.message}") from None
 
 
 def instance_health(ec2: Any, instance_ids: Sequence[str]) -> dict[str, str]:

@@ -45,7 +45,7 @@ BASE_IMAGE_CREATED = datetime(2025, 5, 20, 21, 20, tzinfo=UTC)
 
 _runtime: RuntimeGetter = lambda: None  # noqa: E731 - replaced by install()
 _installed = False
-_originals: list[tuple[type, str, Any]] = []
+_originals: dict[tuple[type, str], Any] = {}  # moto's own methods, by (class, name)
 
 
 def base_ami_id(region: str) -> str:
@@ -68,7 +68,7 @@ def install(runtime: RuntimeGetter) -> None:
 def uninstall() -> None:
     """Put moto's own methods back (for tests that share a process with plain moto)."""
     global _runtime, _installed  # noqa: PLW0603
-    for cls, name, original in reversed(_originals):
+    for (cls, name), original in reversed(_originals.items()):
         setattr(cls, name, original)
     _originals.clear()
     _runtime = lambda: None  # noqa: E731
@@ -76,7 +76,7 @@ def uninstall() -> None:
 
 
 def _replace(cls: type, name: str, value: Any) -> None:
-    _originals.append((cls, name, cls.__dict__[name]))
+    _originals[(cls, name)] = cls.__dict__[name]
     setattr(cls, name, value)
 
 
@@ -164,99 +164,106 @@ def _launch(instance: Any) -> None:
     _set_address(instance, address)
 
 
-# --- the patches -----------------------------------------------------------------------------
+# --- the hooks: moto's own method first (or last), then the runtime ------------------------------
 
 
-def _patch() -> None:  # noqa: PLR0915 - one place that lists every hook
-    load_amis = AmiBackend._load_amis
-    run_instances = InstanceBackend.run_instances
-    create_image = AmiBackend.create_image
-    copy_image = AmiBackend.copy_image
-    deregister_image = AmiBackend.deregister_image
-    start, stop = Instance.start, Instance.stop
-    terminate, reboot = Instance.terminate, Instance.reboot
-    console_output = General.get_console_output
+def _moto(cls: type, name: str) -> Any:
+    """moto's own method that a hook replaced."""
+    return _originals[(cls, name)]
 
-    def _load_amis_hook(self: Any) -> None:
-        load_amis(self)
-        _add_base_image(self)
 
-    def _run_instances_hook(self: Any, *args: Any, **kwargs: Any) -> Any:
-        reservation = run_instances(self, *args, **kwargs)
-        for instance in reservation.instances:
-            _launch(instance)
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.wait_booted([instance.id for instance in reservation.instances])
-        return reservation
+def _load_amis_hook(self: Any) -> None:
+    _moto(AmiBackend, "_load_amis")(self)
+    _add_base_image(self)
 
-    def _start_hook(self: Any) -> Any:
-        previous = start(self)
-        runtime = _runtime()
-        address = runtime.address_of(self.id) if runtime is not None else None
-        if runtime is not None and address is not None:
-            _set_address(self, address)
-            _set_state(self, "pending", 0)
-            runtime.start_instance(self.id, on_running=lambda: _set_state(self, "running", 16))
-            runtime.wait_booted([self.id])
-        return previous
 
-    def _stop_hook(self: Any) -> Any:
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.stop_instance(self.id)
-        return stop(self)
+def _run_instances_hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+    reservation = _moto(InstanceBackend, "run_instances")(self, *args, **kwargs)
+    for instance in reservation.instances:
+        _launch(instance)
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.wait_booted([instance.id for instance in reservation.instances])
+    return reservation
 
-    def _reboot_hook(self: Any) -> None:
-        reboot(self)
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.reboot_instance(self.id)
 
-    def _terminate_hook(self: Any) -> Any:
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.terminate_instance(self.id)
-        return terminate(self)
+def _start_hook(self: Any) -> Any:
+    previous = _moto(Instance, "start")(self)
+    runtime = _runtime()
+    address = runtime.address_of(self.id) if runtime is not None else None
+    if runtime is not None and address is not None:
+        _set_address(self, address)
+        _set_state(self, "pending", 0)
+        runtime.start_instance(self.id, on_running=lambda: _set_state(self, "running", 16))
+        runtime.wait_booted([self.id])
+    return previous
 
-    def _create_image_hook(self: Any, instance_id: str, *args: Any, **kwargs: Any) -> Any:
-        ami = create_image(self, instance_id, *args, **kwargs)
-        instance = self.get_instance(instance_id)
-        ami.root_device_name = instance.root_device_name
-        ami.root_device_type = "ebs"
-        ami.virtualization_type = "hvm"
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.image_created(instance_id, ami.id)
-        return ami
 
-    def _copy_image_hook(self: Any, source_image_id: str, *args: Any, **kwargs: Any) -> Any:
-        ami = copy_image(self, source_image_id, *args, **kwargs)
-        image_copied(source_image_id, ami.id)
-        return ami
+def _stop_hook(self: Any) -> Any:
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.stop_instance(self.id)
+    return _moto(Instance, "stop")(self)
 
-    def _deregister_image_hook(self: Any, ami_id: str, *args: Any, **kwargs: Any) -> Any:
-        result = deregister_image(self, ami_id, *args, **kwargs)
-        runtime = _runtime()
-        if runtime is not None:
-            runtime.image_deregistered(ami_id)
-        return result
 
-    def _console_output_hook(self: Any) -> Any:
-        instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
-        runtime = _runtime()
-        text = runtime.console_output(instance.id) if runtime is not None else None
-        if text is None:
-            return console_output(self)
-        tail = text.encode()[-CONSOLE_LIMIT:].decode("utf-8", "replace")
-        return ActionResult(
-            {
-                "InstanceId": instance.id,
-                "Timestamp": utcnow(),
-                "Output": Base64EncodedString.from_raw_string(tail),
-            }
-        )
+def _reboot_hook(self: Any) -> None:
+    _moto(Instance, "reboot")(self)
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.reboot_instance(self.id)
 
+
+def _terminate_hook(self: Any) -> Any:
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.terminate_instance(self.id)
+    return _moto(Instance, "terminate")(self)
+
+
+def _create_image_hook(self: Any, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+    ami = _moto(AmiBackend, "create_image")(self, instance_id, *args, **kwargs)
+    instance = self.get_instance(instance_id)
+    ami.root_device_name = instance.root_device_name
+    ami.root_device_type = "ebs"
+    ami.virtualization_type = "hvm"
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.image_created(instance_id, ami.id)
+    return ami
+
+
+def _copy_image_hook(self: Any, source_image_id: str, *args: Any, **kwargs: Any) -> Any:
+    ami = _moto(AmiBackend, "copy_image")(self, source_image_id, *args, **kwargs)
+    image_copied(source_image_id, ami.id)
+    return ami
+
+
+def _deregister_image_hook(self: Any, ami_id: str, *args: Any, **kwargs: Any) -> Any:
+    result = _moto(AmiBackend, "deregister_image")(self, ami_id, *args, **kwargs)
+    runtime = _runtime()
+    if runtime is not None:
+        runtime.image_deregistered(ami_id)
+    return result
+
+
+def _console_output_hook(self: Any) -> Any:
+    instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+    runtime = _runtime()
+    text = runtime.console_output(instance.id) if runtime is not None else None
+    if text is None:
+        return _moto(General, "get_console_output")(self)
+    tail = text.encode()[-CONSOLE_LIMIT:].decode("utf-8", "replace")
+    return ActionResult(
+        {
+            "InstanceId": instance.id,
+            "Timestamp": utcnow(),
+            "Output": Base64EncodedString.from_raw_string(tail),
+        }
+    )
+
+
+def _patch() -> None:
+    """Every hook in place: the one list of what the runtime changes in moto's EC2."""
     _replace(AmiBackend, "_load_amis", _load_amis_hook)
     _replace(InstanceBackend, "run_instances", _run_instances_hook)
     _replace(AmiBackend, "create_image", _create_image_hook)

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,9 +197,7 @@ def test_instance_boots_with_key_user_data_and_printed_host_keys(
     ec2: Any, key: tuple[str, paramiko.PKey]
 ) -> None:
     user_data = "#!/bin/sh\necho user-data-says-hello\necho ran > /root/user-data-marker\n"
-    started = time.monotonic()
-    instance = _run(ec2, key[0], user_data=user_data)
-    assert time.monotonic() - started < 10
+    instance = _run(ec2, key[0], user_data=user_data)  # how fast: bench/localcloud.py
     address = instance["PrivateIpAddress"]
     assert address.startswith("127.") and instance["PublicIpAddress"] == address
     wait_for(lambda: _status(ec2, instance["InstanceId"]) == "ok", what="status ok")
@@ -422,8 +419,6 @@ def test_packer_build_over_ssh_produces_an_ami_holding_the_provisioned_file(
     local_cloud: control.LocalCloudStatus,
     tmp_path: Path,
 ) -> None:
-    if subprocess.run(["which", "packer"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("packer is not installed")
     (tmp_path / "build.pkr.hcl").write_text(PACKER_HCL)
     name = f"runtime-packer-{uuid.uuid4().hex[:8]}"
     env = control.env_vars(local_cloud)

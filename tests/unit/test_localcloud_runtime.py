@@ -9,10 +9,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from imagekit import wait_for
 from moto.core.types import Base64EncodedString
 
 from factory.errors import FactoryError
@@ -35,14 +35,12 @@ def test_address_block_is_stable_per_state_dir_and_clear_of_common_addresses(
         assert block.network_address.packed[1] not in (0, 255)
 
 
+@pytest.mark.runtime  # binding port 22 needs root, as the runtime's sshds do
 def test_pool_hands_out_distinct_addresses_and_skips_bound_ones() -> None:
     pool = runtime.AddressPool(ipaddress.IPv4Network("127.231.0.0/16"))
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            blocker.bind(("127.231.0.1", 22))
-        except PermissionError:
-            pytest.skip("binding port 22 needs root")
+        blocker.bind(("127.231.0.1", 22))
         blocker.listen()
         first = pool.allocate()
     assert first == "127.231.0.2"
@@ -132,7 +130,7 @@ def test_store_copy_keeps_the_source(tmp_path: Path) -> None:
     assert store.layer_count() == 1
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts (mknod 0/0) and trusted xattrs need root")
+@pytest.mark.runtime  # whiteouts (mknod 0/0) and trusted xattrs need root
 def test_copy_tree_keeps_whiteouts_opaque_dirs_and_owners(tmp_path: Path) -> None:
     src = tmp_path / "upper"
     (src / "etc/opaque").mkdir(parents=True)
@@ -158,14 +156,16 @@ def test_sweep_kills_leftover_sandbox_processes_and_removes_directories(tmp_path
         [sys.executable, "-c", "import time; time.sleep(60)", "guest_init", str(instance_dir)],
     )
     try:
-        deadline = time.monotonic() + 10  # until exec: before it the cmdline is pytest's
-        while b"guest_init" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(  # until exec: before it the cmdline is pytest's
+            lambda: b"guest_init" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(),
+            timeout=10,
+            what="the stand-in process to exec",
+            interval=0.01,
+        )
         runtime.sweep(state)
-        deadline = time.monotonic() + 5
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: proc.poll() is not None, timeout=5, what="the sweep to end it", interval=0.05
+        )
         assert proc.returncode is not None
     finally:
         if proc.poll() is None:

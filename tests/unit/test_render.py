@@ -291,10 +291,41 @@ def test_golden_hcl(
 ) -> None:
     family = load_family(TEMPLATES, family_name)
     rendered = render(family, resolve_variables(family, given), _settings(plugins, endpoint))
-    path = GOLDEN / golden
-    if request.config.getoption("--update-golden", default=False) or not path.exists():
-        path.write_text(rendered.hcl)
-    assert rendered.hcl == path.read_text()
+    check_golden(GOLDEN / golden, rendered.hcl, update=request.config.getoption("--update-golden"))
+
+
+def check_golden(path: Path, text: str, *, update: bool) -> None:
+    """`text` must equal the golden file; `--update-golden` (tests/conftest.py) rewrites it on
+    purpose, and only then: a missing golden file fails."""
+    if update:
+        path.write_text(text)
+    if not path.exists():
+        pytest.fail(
+            f"golden file {path.relative_to(REPO)} is missing: create it with "
+            "`.venv/bin/python -m pytest tests/unit/test_render.py --update-golden`, "
+            "then review and commit it",
+            pytrace=False,
+        )
+    assert text == path.read_text(), f"{path.name} differs (--update-golden rewrites it)"
+
+
+def test_a_missing_golden_file_fails_and_says_how_to_create_it(tmp_path: Path) -> None:
+    missing = REPO / "tests" / "unit" / "golden" / f"missing-{tmp_path.name}.pkr.hcl"
+    with pytest.raises(pytest.fail.Exception, match="--update-golden"):
+        check_golden(missing, "text", update=False)
+    assert not missing.exists()  # nothing written: the next run fails too
+
+
+def test_update_golden_is_a_registered_option_that_rewrites(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    assert request.config.getoption("--update-golden") in (False, True)  # unknown: ValueError
+    golden = tmp_path / "x.pkr.hcl"
+    golden.write_text("old")
+    with pytest.raises(AssertionError):
+        check_golden(golden, "new", update=False)
+    check_golden(golden, "new", update=True)
+    assert golden.read_text() == "new"
 
 
 @pytest.mark.skipif(PACKER is None, reason="needs packer")
