@@ -226,7 +226,8 @@ ROLES = (
         (
             Source("aws", SESSION_PERMISSIONS),
             Source("rollout"),
-            Source("fleet"),
+            # rollout reads a channel's AMI with channels.channel_state (the parameter's history)
+            Source("channels.channel_state", ("ssm:GetParameterHistory",)),
             Source(
                 "verify.live",
                 tuple(sorted(_legacy_permissions(FACTORY / "verify.py", ("LIVE_PERMISSIONS",)))),
