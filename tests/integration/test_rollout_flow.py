@@ -298,11 +298,6 @@ def test_cli_no_wait_then_rollback_while_in_progress(world: World) -> None:
     refresh_id = started.stdout.splitlines()[0]
     assert _latest(world)["InstanceRefreshId"] == refresh_id
     assert _latest(world)["Status"] in ("Pending", "InProgress")
-    dry = _factory("rollout", "rollback", world.group, "--dry-run", "-O", "json")
-    assert dry.returncode == 0, dry.stderr
-    plan = json.loads(dry.stdout)
-    assert (plan["action"], plan["refresh_id"]) == ("rollback-refresh", refresh_id)
-    assert _latest(world)["Status"] in ("Pending", "InProgress")  # not rolled back by the dry run
     back = _factory("rollout", "rollback", world.group)
     assert back.returncode == 0, back.stderr
     assert _latest(world)["InstanceRefreshId"] == refresh_id

@@ -188,7 +188,6 @@ def cloud() -> Iterator[Cloud]:
         patch.delenv("AWS_ENDPOINT_URL", raising=False)
         patch.setenv("AWS_ACCESS_KEY_ID", "testing")
         patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
         with mock_aws():
             X.patch_moto()
             slow = SlowImages(set())
