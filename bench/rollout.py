@@ -31,12 +31,11 @@ from factory.localcloud import control
 from factory.localcloud.baseimage import DEBIAN_12_NAME_PATTERN, DEBIAN_OWNER_ID
 from factory.output import Progress
 from factory.rollout import (
-    Poller,
+    RefreshPoller,
     RefreshSettings,
     apply_rollout,
     batch_bound,
-    describe_group,
-    describe_images,
+    gather_rollout,
     plan_rollout,
 )
 
@@ -48,8 +47,8 @@ IMAGE_CACHE = Path(
 
 
 @dataclass
-class RecordingPoller(Poller):
-    """A Poller that remembers when each poll happened."""
+class RecordingPoller(RefreshPoller):
+    """The rollout's poller, remembering when each poll happened."""
 
     polls: list[float] = field(default_factory=list)
 
@@ -147,12 +146,7 @@ def run(instances: int, min_healthy: int, warmup: int) -> dict[str, Any]:
             ]
             _until_ok(ec2, ids)
             settings = RefreshSettings(min_healthy=min_healthy, warmup=warmup)
-            plan = plan_rollout(
-                describe_group(clients, "bench"),
-                describe_images(clients, [v2])[v2],
-                settings,
-                region=REGION,
-            )
+            plan = plan_rollout(gather_rollout(clients, "bench", ami_id=v2), settings)
             poller = RecordingPoller()
             calls_before = dict(clients.counter.calls)
             started = time.monotonic()

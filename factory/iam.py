@@ -229,7 +229,8 @@ ROLES = (
         (
             Source("aws", SESSION_PERMISSIONS),
             Source("rollout"),
-            Source("fleet"),
+            # rollout reads a channel's AMI with channels.channel_state (the parameter's history)
+            Source("channels.channel_state", ("ssm:GetParameterHistory",)),
             Source("verify.live"),
             Source("verify.hostkeys"),  # the console's host keys, for live verification too
         ),

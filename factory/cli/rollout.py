@@ -1,5 +1,5 @@
 """CLI: `factory rollout [start] ...`, `factory rollout status ASG`, `factory rollout rollback
-ASG`, and `factory drift`.
+ASG [--dry-run]`, and `factory drift`.
 
 `rollout` is a group whose default subcommand is `start`: `factory rollout web-asg --ami X`
 means `factory rollout start web-asg --ami X`, and `factory rollout --fleet fleet.toml` means
@@ -11,41 +11,35 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
+from factory.aws.groups import Refresh
 from factory.channels import check_channel
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.errors import ConfigError, ExitCode, FactoryError
-from factory.fleet import (
-    ReconcileResult,
-    drift,
-    load_fleet,
-    reconcile,
-    render_drift,
-)
-from factory.fleet import raise_if_failed as raise_if_fleet_failed
+from factory.errors import ConfigError, ExitCode, FactoryError, RefusedError
 from factory.output import Progress
 from factory.rollout import (
+    DriftReport,
     InterruptChoice,
-    LiveVerdict,
+    ReconcileResult,
     RefreshSettings,
-    RefreshStatus,
+    RollbackAction,
+    RollbackPlan,
     RolloutPlan,
     RolloutResult,
     VerifyLive,
-    apply_rollout,
-    channel_ami,
-    describe_group,
-    describe_images,
+    drift,
     follow_status,
-    plan_rollout,
-    rollback,
+    live_verifier,
+    load_fleet,
+    plan_steps,
+    raise_if_fleet_failed,
+    reconcile,
+    roll_back,
+    roll_out,
 )
-
-if TYPE_CHECKING:  # factory.verify imports paramiko: only --verify-live pays for it
-    from factory.verify import VerifyResult
 
 
 class RolloutGroup(click.Group):
@@ -71,7 +65,7 @@ def _checkpoints(
 def interrupt_choice(policy: str, progress: Progress) -> InterruptChoice:
     """What Ctrl-C during a wait does: ask on a terminal; otherwise the policy (ask -> cancel)."""
 
-    def _choose(state: RefreshStatus) -> str:
+    def _choose(state: Refresh) -> str:
         if policy in ("cancel", "detach"):
             return policy
         if not sys.stdin.isatty():
@@ -96,50 +90,45 @@ def interrupt_choice(policy: str, progress: Progress) -> InterruptChoice:
     return _choose
 
 
-def verify_live_function(
-    ctx: CliContext, *, ssh_user: str, ssh_key: Path | None, timeout: float
-) -> VerifyLive:
-    """The verify stage's "run the image's suite against this instance", for apply_rollout."""
-    from factory import verify
-
-    if ssh_key is not None:
-        verify.load_private_key(ssh_key)  # a bad key is refused before anything changes
-    settings = verify.VerifySettings(ssh_user=ssh_user, boot_timeout=timeout)
-    progress = ctx.progress()
-
-    def _run(clients: Any, instance_id: str, ami_id: str) -> LiveVerdict:
-        result = verify.verify_instance(
-            clients,
-            instance_id,
-            templates_dir=ctx.config.templates_dir,
-            output_dir=ctx.config.state_dir / "verify",
-            expected_ami=ami_id,
-            settings=settings,
-            ssh_key=ssh_key,
-            progress=progress,
-        )
-        return LiveVerdict(result.ok, live_detail(result))
-
-    return _run
-
-
-def live_detail(result: VerifyResult) -> str:
-    """One line on a live verification: what passed or failed, where the results are."""
-    if result.error:
-        return f"could not verify {result.instance_id}: {result.error}"
-    counts = (
-        f"{result.passed} passed, {result.failed + result.errors} failed, "
-        f"{result.skipped} skipped on {result.instance_id}"
-    )
-    failing = f"; failing: {', '.join(result.failing_tests[:5])}" if result.failing_tests else ""
-    more = " ..." if len(result.failing_tests) > 5 else ""
-    return f"{counts}{failing}{more}; junit: {result.junit_path}"
-
-
 def render_plan(plan: RolloutPlan) -> str:
     lines = [f"rollout plan for {plan.group} ({plan.region}): {plan.ami_id} from {plan.source}"]
-    lines += [f"  - {action}" for action in plan.actions]
+    lines += [f"  - {step}" for step in plan_steps(plan)]
     lines += [f"  warning: {w}" for w in plan.warnings]
+    return "\n".join(lines)
+
+
+def render_rollback_plan(plan: RollbackPlan) -> str:
+    head = f"rollback plan for {plan.group} ({plan.region}):"
+    if plan.action is RollbackAction.ROLLBACK_REFRESH:
+        return (
+            f"{head} roll back instance refresh {plan.refresh_id} ({plan.refresh_status}) "
+            "with RollbackInstanceRefresh"
+        )
+    if plan.refused or plan.refresh is None:
+        return f"{head} refused: {plan.reason}"
+    lines = [
+        f"{head} refresh back to launch template version {plan.target_version} "
+        f"({plan.ami_id}); it uses version {plan.current_version} now"
+    ]
+    lines += [f"  - {step}" for step in plan_steps(plan.refresh)]
+    lines += [f"  warning: {w}" for w in plan.refresh.warnings]
+    return "\n".join(lines)
+
+
+def render_drift(report: DriftReport) -> str:
+    lines = []
+    for group in report.groups:
+        mark = "DRIFT" if group.drifted else "ok   "
+        lines.append(
+            f"{mark} {group.group} ({group.region}) {group.family}/{group.channel} "
+            f"channel={group.channel_ami or '-'} template={group.template_ami or '-'}"
+        )
+        lines += [f"      {reason}" for reason in group.reasons]
+        for instance in group.instances:
+            if instance.reasons:
+                lines.append(f"      {instance.instance_id}: {'; '.join(instance.reasons)}")
+    drifted = len(report.drifted)
+    lines.append(f"{drifted} of {len(report.groups)} group(s) drifted")
     return "\n".join(lines)
 
 
@@ -350,16 +339,13 @@ def start_command(
     progress = ctx.progress()
     choice = interrupt_choice(on_interrupt, progress)
     verify_fn = (
-        verify_live_function(ctx, ssh_user=ssh_user, ssh_key=ssh_key, timeout=live_timeout)
-        if verify_live
-        else None
+        _live_verifier(ctx, progress, ssh_user, ssh_key, live_timeout) if verify_live else None
     )
     if fleet_path is not None:
         if asg or ami or channel:
             raise ConfigError("--fleet reconciles the file's groups: drop ASG, --ami, --channel")
-        fleet = load_fleet(fleet_path, ctx.config.channels)
         reconciled = reconcile(
-            fleet,
+            load_fleet(fleet_path, ctx.config.channels),
             ctx.clients,
             progress,
             settings,
@@ -377,28 +363,46 @@ def start_command(
         raise ConfigError("name the group: factory rollout ASG --ami AMI (or --fleet fleet.toml)")
     if bool(ami) == bool(channel):
         raise ConfigError("give exactly one of --ami AMI or --channel FAMILY/CHANNEL")
-    clients = ctx.clients()
-    source = "ami"
-    if channel:
-        family, _, chan = channel.partition("/")
-        if not family or not chan:
-            raise ConfigError("--channel takes FAMILY/CHANNEL, e.g. web/prod")
-        check_channel(chan, ctx.config.channels)
-        ami = channel_ami(clients, family, chan)
-        source = f"channel {family}/{chan}"
-    assert ami is not None
-    group = describe_group(clients, asg)
-    image = describe_images(clients, [ami])[ami]
-    plan = plan_rollout(group, image, settings, region=clients.region, source=source, force=force)
-    if dry_run:
-        ctx.emit(plan, render_plan(plan))
-        return
-    for warning in plan.warnings:
-        progress.warn(warning)
-    result = apply_rollout(
-        plan, clients, progress, wait=not no_wait, on_interrupt=choice, verify_live=verify_fn
+    outcome = roll_out(
+        ctx.clients(),
+        asg,
+        settings,
+        progress,
+        ami_id=ami,
+        channel=_family_channel(channel, ctx.config.channels) if channel else None,
+        force=force,
+        dry_run=dry_run,
+        wait=not no_wait,
+        on_interrupt=choice,
+        verify_live=verify_fn,
     )
-    ctx.emit(result, render_result(result))
+    if isinstance(outcome, RolloutPlan):
+        ctx.emit(outcome, render_plan(outcome))
+    else:
+        ctx.emit(outcome, render_result(outcome))
+
+
+def _live_verifier(
+    ctx: CliContext, progress: Progress, ssh_user: str, ssh_key: Path | None, timeout: float
+) -> VerifyLive:
+    """--verify-live: the verify stage's suite on a new instance (a bad key is refused now)."""
+    return live_verifier(
+        templates_dir=ctx.config.templates_dir,
+        output_dir=ctx.config.state_dir / "verify",
+        ssh_user=ssh_user,
+        ssh_key=ssh_key,
+        timeout=timeout,
+        progress=progress,
+    )
+
+
+def _family_channel(value: str, channels: tuple[str, ...]) -> tuple[str, str]:
+    """--channel FAMILY/CHANNEL, the channel one of factory.toml's."""
+    family, _, channel = value.partition("/")
+    if not family or not channel:
+        raise ConfigError("--channel takes FAMILY/CHANNEL, e.g. web/prod")
+    check_channel(channel, channels)
+    return family, channel
 
 
 @rollout_group.command("status")
@@ -435,6 +439,7 @@ def status_command(ctx: CliContext, asg: str, follow: bool, on_interrupt: str) -
 @click.argument("asg")
 @refresh_options
 @click.option("--force", is_flag=True, help="Also for a group tagged factory:stateful=true.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @output_option
 @pass_cli
 def rollback_command(
@@ -450,6 +455,7 @@ def rollback_command(
     no_wait: bool,
     on_interrupt: str,
     force: bool,
+    dry_run: bool,
 ) -> None:
     """Roll back: RollbackInstanceRefresh while a refresh runs, else refresh to the previous
     launch template version."""
@@ -457,16 +463,22 @@ def rollback_command(
         min_healthy, max_healthy, warmup, checkpoints, checkpoint_delay, alarms, skip_matching
     )
     progress = ctx.progress()
-    result = rollback(
+    outcome = roll_back(
         ctx.clients(),
         asg,
         progress,
-        wait=not no_wait,
-        on_interrupt=interrupt_choice(on_interrupt, progress),
         settings=settings,
         force=force,
+        dry_run=dry_run,
+        wait=not no_wait,
+        on_interrupt=interrupt_choice(on_interrupt, progress),
     )
-    ctx.emit(result, render_result(result))
+    if isinstance(outcome, RolloutResult):
+        ctx.emit(outcome, render_result(outcome))
+        return
+    ctx.emit(outcome, render_rollback_plan(outcome))
+    if outcome.refused:
+        raise RefusedError(outcome.reason)
 
 
 @click.command("drift")
@@ -483,8 +495,7 @@ def rollback_command(
 @pass_cli
 def drift_command(ctx: CliContext, fleet_path: Path, exit_code: bool) -> None:
     """Report groups and instances whose AMI differs from their channel, is revoked or retired."""
-    fleet = load_fleet(fleet_path, ctx.config.channels)
-    report = drift(fleet, ctx.clients)
+    report = drift(load_fleet(fleet_path, ctx.config.channels), ctx.clients)
     ctx.emit(report, render_drift(report))
     if exit_code and report.drifted:
         raise FactoryError(

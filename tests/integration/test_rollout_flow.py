@@ -9,11 +9,11 @@ it runs), drift after, v3 rolls back to v2 by itself, a stateful group is refuse
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,15 +26,16 @@ from imagekit import image_from_user_data, instance_health, wait_for, wait_healt
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget
 from factory.errors import RefusedError, VerificationError
-from factory.fleet import drift, parse_fleet
 from factory.output import Progress
 from factory.rollout import (
     LiveVerdict,
     RefreshSettings,
     RolloutFailed,
     apply_rollout,
-    describe_group,
-    describe_images,
+    drift,
+    gather_group,
+    gather_rollout,
+    parse_fleet,
     plan_rollout,
 )
 
@@ -112,7 +113,7 @@ def world(local_cloud: Any) -> Iterator[World]:
 
 
 def _group_images(world: World) -> dict[str, str]:
-    group = describe_group(world.clients, world.group)
+    group = gather_group(world.clients, world.group)
     ids = [i.instance_id for i in group.instances]
     reservations = world.clients.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
     return {i["InstanceId"]: i["ImageId"] for r in reservations for i in r["Instances"]}
@@ -125,13 +126,9 @@ def _fleet(world: World) -> Any:
 
 
 def _rollout(world: World, ami: str, **settings: Any) -> Any:
-    group = describe_group(world.clients, world.group)
-    image = describe_images(world.clients, [ami])[ami]
     plan = plan_rollout(
-        group,
-        image,
+        gather_rollout(world.clients, world.group, ami_id=ami),
         RefreshSettings(min_healthy=MIN_HEALTHY, warmup=1, **settings),
-        region="us-east-1",
     )
     return apply_rollout(plan, world.clients, Progress(quiet=True))
 
@@ -161,7 +158,7 @@ def test_rollout_v1_to_v2_keeps_min_healthy(world: World) -> None:
             ]
             healthy = sum(1 for v in instance_health(ec2, ids).values() if v == "ok")
             lowest[0] = min(lowest[0], healthy)
-            time.sleep(0.1)
+            stop.wait(0.1)  # the next look, or at once when the rollout returned
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -176,7 +173,7 @@ def test_rollout_v1_to_v2_keeps_min_healthy(world: World) -> None:
     assert set(images.values()) == {world.v2}
     # the watcher saw the replacement happen, and never below the minimum
     assert CAPACITY * MIN_HEALTHY // 100 <= lowest[0] < CAPACITY
-    group = describe_group(world.clients, world.group)
+    group = gather_group(world.clients, world.group)
     assert group.version == str(result.launch_template_version)  # a number, not $Latest
     # only ImageId changed: the user data came along from the source version
     version = ec2.describe_launch_template_versions(
@@ -192,14 +189,14 @@ def test_drift_after(world: World) -> None:
 
 
 def test_broken_v3_rolls_back_to_v2(world: World) -> None:
-    before = describe_group(world.clients, world.group).version
+    before = gather_group(world.clients, world.group).version
     with pytest.raises(RolloutFailed, match="rolled back") as failure:
         _rollout(world, world.v3)
     assert "now:" in failure.value.message
     images = _group_images(world)
     assert len(images) == CAPACITY
     assert set(images.values()) == {world.v2}
-    assert describe_group(world.clients, world.group).version == before
+    assert gather_group(world.clients, world.group).version == before
     refresh = world.clients.client("autoscaling").describe_instance_refreshes(
         AutoScalingGroupName=world.group
     )["InstanceRefreshes"][0]
@@ -221,10 +218,9 @@ def test_stateful_group_refused(world: World) -> None:
         ]
     )
     try:
-        group = describe_group(world.clients, world.group)
-        image = describe_images(world.clients, [world.v1])[world.v1]
+        facts = gather_rollout(world.clients, world.group, ami_id=world.v1)
         with pytest.raises(RefusedError, match="stateful"):
-            plan_rollout(group, image, RefreshSettings(), region="us-east-1")
+            plan_rollout(facts, RefreshSettings())
         cli = subprocess.run(
             [str(REPO / ".venv" / "bin" / "factory"), "rollout", world.group, "--ami", world.v1],
             capture_output=True,
@@ -313,10 +309,32 @@ def test_cli_no_wait_then_rollback_while_in_progress(world: World) -> None:
     assert '"status": "RollbackSuccessful"' in status.stdout
 
 
-def test_cli_rollback_without_refresh_goes_to_previous_version(world: World) -> None:
+def test_cli_rollback_dry_run_changes_nothing_then_goes_to_previous_version(
+    world: World,
+) -> None:
+    before = (
+        gather_group(world.clients, world.group).version,
+        _group_images(world),
+        _latest(world),
+    )
+    text = _factory("rollout", "rollback", world.group, "--dry-run", "--min-healthy", "50")
+    dry = _factory("rollout", "rollback", world.group, "--dry-run", "-O", "json")
+    assert text.returncode == 0 and dry.returncode == 0, text.stderr + dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["action"] == "refresh-to-previous" and plan["ami_id"] == world.v1
+    assert f"refresh back to launch template version {plan['target_version']}" in text.stdout
+    assert f"it uses version {before[0]} now" in text.stdout
+    after = (gather_group(world.clients, world.group).version, _group_images(world), _latest(world))
+    assert after == before  # the dry runs changed nothing
+
     back = _factory("rollout", "rollback", world.group, "--min-healthy", "50", "--warmup", "0")
     assert back.returncode == 0, back.stderr
     assert set(_group_images(world).values()) == {world.v1}
+    # what the plan said: a refresh back to its version, which the group now names
+    assert gather_group(world.clients, world.group).version == str(plan["target_version"])
+    assert _latest(world)["DesiredConfiguration"]["LaunchTemplate"]["Version"] == str(
+        plan["target_version"]
+    )
     report = drift(_fleet(world), lambda _region: world.clients)
     assert report.drifted  # the channel still says v2
 
@@ -340,32 +358,49 @@ def test_ctrl_c_without_a_terminal_cancels(world: World) -> None:
         env=os.environ.copy(),
         stdin=subprocess.DEVNULL,
     )
+    progress: list[str] = []  # the command's stderr, line by line as it comes
+    reader = threading.Thread(target=_collect, args=(proc.stderr, progress), daemon=True)
+    reader.start()
     try:
-        wait_for(lambda: "started" in _latest_status_line(world, proc), 60, "the refresh to start")
-        time.sleep(1.5)  # inside the first batch's warmup
+        wait_for(
+            lambda: _first_batch_warming(world, proc, progress),
+            60,
+            "the first batch to warm up while the command follows the refresh",
+        )
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+        reader.join(10)
+    err = "".join(progress)
     assert proc.returncode == 130, err
     assert "cancelling the refresh" in err
     assert _latest(world)["Status"] == "Cancelled"
     assert len(_group_images(world)) == CAPACITY
 
 
-def _latest_status_line(world: World, proc: subprocess.Popen[str]) -> str:
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+def _collect(stream: Any, into: list[str]) -> None:
+    for line in stream:
+        into.append(line)
+
+
+def _first_batch_warming(world: World, proc: subprocess.Popen[str], progress: list[str]) -> bool:
+    """The command is in its wait loop (it printed the refresh's progress) and the refresh has
+    launched its first batch (instances on the new version, warming up for 30 s)."""
+    assert proc.poll() is None, "".join(progress)
+    if not any("replaced" in line for line in progress):
+        return False
     try:
         refresh = _latest(world)
     except IndexError:
-        return ""
+        return False
+    desired = refresh.get("DesiredConfiguration", {}).get("LaunchTemplate", {}).get("Version")
+    group = gather_group(world.clients, world.group)
     return (
-        "started"
-        if refresh["Status"] == "InProgress"
-        and refresh.get("DesiredConfiguration", {}).get("LaunchTemplate", {}).get("Version")
-        != (describe_group(world.clients, world.group).version)
-        else ""
+        refresh["Status"] == "InProgress"
+        and desired != group.version
+        and any(i.template_version == desired for i in group.instances)
     )
 
 
@@ -396,10 +431,9 @@ def test_verify_live_failure_rolls_back(world: World, how: str) -> None:
         return LiveVerdict(False, "1 passed, 1 failed on it; failing: test_x.py::test_y")
 
     expected = "test_x\\.py::test_y" if how == "tests fail" else "could not verify .*refusing"
-    group = describe_group(world.clients, world.group)
-    image = describe_images(world.clients, [world.v1])[world.v1]
     plan = plan_rollout(
-        group, image, RefreshSettings(min_healthy=MIN_HEALTHY, warmup=0), region="us-east-1"
+        gather_rollout(world.clients, world.group, ami_id=world.v1),
+        RefreshSettings(min_healthy=MIN_HEALTHY, warmup=0),
     )
     with pytest.raises(RolloutFailed, match=rf"live verification failed.*{expected}"):
         apply_rollout(plan, world.clients, Progress(quiet=True), verify_live=failing_suite)

@@ -1,23 +1,33 @@
-"""The fleet file and drift (pure)."""
+"""The fleet file, drift and the reconcile plan (pure)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from factory import tags as T
+from factory.aws.groups import Group, GroupInstance, TemplateRef, TemplateVersion
+from factory.aws.model import Image
+from factory.cli.rollout import render_drift
 from factory.errors import ConfigError
-from factory.fleet import (
+from factory.output import Progress
+from factory.rollout import (
+    FleetFacts,
     FleetGroup,
+    GroupLaunch,
     GroupState,
+    RefreshSettings,
+    apply_reconcile,
     load_fleet,
     parse_fleet,
     plan_drift,
-    render_drift,
+    plan_reconcile,
+    plan_steps,
 )
-from factory.rollout import GroupFacts, ImageFacts, InstanceFacts, RefreshSettings
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 GOOD, OLD, BAD = "ami-good", "ami-old", "ami-bad"
@@ -80,19 +90,15 @@ def test_parse_fleet_errors(text: str, message: str) -> None:
         parse_fleet(text, "fleet.toml", ("dev", "staging", "prod"))
 
 
-def _facts(*instances: str) -> GroupFacts:
-    return GroupFacts(
-        "web-prod",
-        "lt-1",
-        "web",
-        "3",
-        3,
-        GOOD,
-        "",
-        len(instances),
-        {},
-        tuple(InstanceFacts(i, "InService", "Healthy", "3") for i in instances),
+def _facts(*instances: str, name: str = "web-prod") -> GroupLaunch:
+    group = Group(
+        name,
+        "us-east-1",
+        TemplateRef("lt-1", "web", "3"),
+        desired_capacity=len(instances),
+        instances=tuple(GroupInstance(i, "InService", "Healthy", "3") for i in instances),
     )
+    return GroupLaunch(group, TemplateVersion("lt-1", "web", 3, "", GOOD))
 
 
 def _state(template: str, amis: dict[str, str], channel: str | None = GOOD) -> GroupState:
@@ -101,12 +107,15 @@ def _state(template: str, amis: dict[str, str], channel: str | None = GOOD) -> G
     )
 
 
-IMAGES = {
-    GOOD: ImageFacts(GOOD, True, tags={T.STATUS: "verified"}),
-    OLD: ImageFacts(
-        OLD, True, tags={T.STATUS: "verified"}, deprecation_time="2026-01-01T00:00:00Z"
+IMAGES: dict[str, Image | None] = {
+    GOOD: Image(GOOD, "us-east-1", tags={T.STATUS: "verified"}),
+    OLD: Image(
+        OLD,
+        "us-east-1",
+        tags={T.STATUS: "verified"},
+        deprecation_time=datetime(2026, 1, 1, tzinfo=UTC),
     ),
-    BAD: ImageFacts(BAD, True, tags={T.STATUS: "revoked"}),
+    BAD: Image(BAD, "us-east-1", tags={T.STATUS: "revoked"}),
 }
 
 
@@ -119,7 +128,7 @@ def test_no_drift() -> None:
 def test_drift_by_template_instance_revoked_and_retired() -> None:
     report = plan_drift(
         [_state(OLD, {"i-1": GOOD, "i-2": OLD, "i-3": BAD, "i-4": "ami-gone"})],
-        {**IMAGES, "ami-gone": ImageFacts("ami-gone", exists=False)},
+        {**IMAGES, "ami-gone": None},
         now=NOW,
     )
     (group,) = report.drifted
@@ -166,3 +175,42 @@ def test_unreadable_fleet_files_are_config_errors(tmp_path: Path) -> None:
         load_fleet(binary)
     with pytest.raises(ConfigError, match="pass --fleet a TOML file"):
         load_fleet(tmp_path)
+
+
+def test_deregistered_image_is_retired() -> None:
+    gone = Image("ami-gone", "us-east-1", state="deregistered")
+    report = plan_drift([_state(GOOD, {"i-1": "ami-gone"})], {**IMAGES, "ami-gone": gone}, now=NOW)
+    (instance,) = report.groups[0].instances
+    assert "ami-gone is retired (deregistered)" in instance.reasons
+
+
+def test_reconcile_plans_each_drifted_group_and_keeps_refusals_in_order() -> None:
+    """The fleet's dry run reports the very plans a run applies; refusals become errors."""
+    stateful = _facts("i-2", name="b")
+    stateful = replace(stateful, group=replace(stateful.group, tags={T.STATEFUL: "true"}))
+    states = (
+        GroupState(
+            FleetGroup("a", "web", "prod"), "us-east-1", GOOD, _facts("i-1", name="a"), OLD, {}
+        ),
+        GroupState(FleetGroup("b", "web", "prod"), "us-east-1", GOOD, stateful, OLD, {}),
+        GroupState(
+            FleetGroup("c", "web", "prod"), "us-east-1", None, None, None, {}, error="not set"
+        ),
+        GroupState(
+            FleetGroup("d", "web", "prod"), "us-east-1", GOOD, _facts("i-4", name="d"), GOOD, {}
+        ),
+    )
+    plan = plan_reconcile(FleetFacts("fleet.toml", states, IMAGES), RefreshSettings(), now=NOW)
+    assert [(g.group, g.plan is not None) for g in plan.groups] == [("a", True), ("b", False)]
+    assert "--force" in str(plan.groups[1].refused)
+    assert plan.errors == ("c: not set",)
+
+    def no_clients(_region: str | None) -> Any:
+        raise AssertionError("a dry run makes no call")
+
+    result = apply_reconcile(plan, no_clients, Progress(quiet=True), dry_run=True)
+    (dry,) = result.rollouts
+    assert (dry.group, dry.status, dry.ami_id) == ("a", "DryRun", GOOD)
+    first = plan.groups[0].plan
+    assert first is not None and dry.reason == "; ".join(plan_steps(first))
+    assert result.errors[0] == "c: not set" and result.errors[1].startswith("b: b is tagged")

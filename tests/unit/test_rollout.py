@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,69 +11,95 @@ import pytest
 from click.testing import CliRunner
 
 from factory import tags as T
+from factory.aws.groups import Group, GroupInstance, Refresh, TemplateRef, TemplateVersion
+from factory.aws.model import Image
 from factory.cli import cli
-from factory.cli.rollout import live_detail
 from factory.errors import ConfigError, RefusedError
 from factory.rollout import (
-    POLL_LAG,
-    POLL_MAX,
-    GroupFacts,
-    ImageFacts,
-    InstanceFacts,
-    Poller,
+    GroupLaunch,
+    RefreshPoller,
     RefreshSettings,
-    RefreshStatus,
+    RolloutFacts,
     RolloutFailed,
+    RolloutPlan,
     RolloutResult,
     batch_bound,
     estimated_total,
+    live_detail,
     plan_rollout,
+    plan_steps,
     previous_version,
     raise_if_failed,
 )
+from factory.rollout.wait import POLL_LAG, POLL_MAX
 from factory.verify import Outcome, VerifyResult
 
 AMI_OLD = "ami-0000000000000old"
 AMI_NEW = "ami-0000000000000new"
 
 
-def _group(**changes: Any) -> GroupFacts:
-    group = GroupFacts(
-        name="web",
-        template_id="lt-1",
-        template_name="web",
-        version="3",
-        version_number=3,
-        version_image=AMI_OLD,
-        version_description="",
-        desired_capacity=4,
-        tags={},
-        instances=tuple(InstanceFacts(f"i-{n}", "InService", "Healthy", "3") for n in range(4)),
+def _group(
+    *,
+    template_id: str | None = "lt-1",
+    version: str | None = "3",
+    version_number: int | None = 3,
+    version_image: str | None = AMI_OLD,
+    version_description: str = "",
+    tags: dict[str, str] | None = None,
+    instances: tuple[GroupInstance, ...] | None = None,
+) -> GroupLaunch:
+    """A 4-instance group running launch template lt-1 version 3 (or what the changes say)."""
+    members = instances or tuple(
+        GroupInstance(f"i-{n}", "InService", "Healthy", "3") for n in range(4)
     )
-    return replace(group, **changes)
+    group = Group(
+        name="web",
+        region="us-east-1",
+        template=TemplateRef(template_id, "web", version) if version is not None else None,
+        desired_capacity=4,
+        tags=tags or {},
+        instances=members,
+    )
+    running = (
+        TemplateVersion(str(template_id), "web", version_number, version_description, version_image)
+        if version_number is not None
+        else None
+    )
+    return GroupLaunch(group, running)
 
 
-def _image(status: str | None = "verified", **tags: str) -> ImageFacts:
+def _image(status: str | None = "verified", **tags: str) -> Image:
     image_tags = {T.FAMILY: "web", **tags}
     if status is not None:
         image_tags[T.STATUS] = status
-    return ImageFacts(AMI_NEW, exists=True, name="web-2", tags=image_tags)
+    return Image(AMI_NEW, "us-east-1", name="web-2", tags=image_tags)
+
+
+def _plan(
+    group: GroupLaunch,
+    image: Image | None,
+    settings: RefreshSettings | None = None,
+    **options: Any,
+) -> RolloutPlan:
+    source = options.pop("source", "ami")
+    facts = RolloutFacts(group, AMI_NEW, image, source)
+    return plan_rollout(facts, settings or RefreshSettings(), **options)
 
 
 def test_plan_creates_a_version_and_refreshes_everything() -> None:
-    plan = plan_rollout(_group(), _image(), RefreshSettings(), region="us-east-1")
+    plan = _plan(_group(), _image())
     assert plan.new_version and not plan.pin_current and not plan.up_to_date
     assert plan.current_number == 3
     assert plan.instances_to_replace == 4
     assert plan.settings.auto_rollback
-    assert any("version from 3 with ImageId" in a for a in plan.actions)
+    assert any("version from 3 with ImageId" in a for a in plan_steps(plan))
 
 
 @pytest.mark.parametrize("version", ["$Latest", "$Default"])
 def test_plan_pins_latest_and_default(version: str) -> None:
-    plan = plan_rollout(_group(version=version), _image(), RefreshSettings(), region="r")
+    plan = _plan(_group(version=version), _image())
     assert plan.pin_current
-    assert any("pin web to launch template lt-1 version 3" in a for a in plan.actions)
+    assert any("pin web to launch template lt-1 version 3" in a for a in plan_steps(plan))
 
 
 @pytest.mark.parametrize(
@@ -83,73 +110,67 @@ def test_plan_pins_latest_and_default(version: str) -> None:
         (_image(status="failed"), "not verified"),
         (_image(status="revoked"), "revoked"),
         (_image(**{T.REVOKED_AT: "2026-01-01T00:00:00Z", T.REVOKED_REASON: "CVE-1"}), "CVE-1"),
-        (ImageFacts(AMI_NEW, exists=False), "does not exist"),
-        (replace(_image(), deprecation_time="2020-01-01T00:00:00.000Z"), "retired"),
+        (None, "does not exist"),
+        (replace(_image(), state="deregistered"), "does not exist"),
+        (replace(_image(), deprecation_time=datetime(2020, 1, 1, tzinfo=UTC)), "retired"),
     ],
 )
-def test_plan_refuses_images(image: ImageFacts, message: str) -> None:
+def test_plan_refuses_images(image: Image | None, message: str) -> None:
     with pytest.raises(RefusedError, match=message):
-        plan_rollout(_group(), image, RefreshSettings(), region="r")
+        _plan(_group(), image)
 
 
 def test_future_deprecation_is_fine() -> None:
-    image = replace(_image(), deprecation_time="2999-01-01T00:00:00.000Z")
-    assert plan_rollout(_group(), image, RefreshSettings(), region="r").new_version
+    image = replace(_image(), deprecation_time=datetime(2999, 1, 1, tzinfo=UTC))
+    assert _plan(_group(), image).new_version
 
 
 @pytest.mark.parametrize("value", ["true", "True", " TRUE "])
 def test_stateful_group_refused_without_force(value: str) -> None:
     group = _group(tags={T.STATEFUL: value})
     with pytest.raises(RefusedError, match="--force"):
-        plan_rollout(group, _image(), RefreshSettings(), region="r")
-    assert plan_rollout(group, _image(), RefreshSettings(), region="r", force=True).new_version
+        _plan(group, _image())
+    assert _plan(group, _image(), force=True).new_version
 
 
 def test_stateful_false_is_not_stateful() -> None:
-    plan_rollout(_group(tags={T.STATEFUL: "false"}), _image(), RefreshSettings(), region="r")
+    _plan(_group(tags={T.STATEFUL: "false"}), _image())
 
 
 def test_group_without_launch_template_refused() -> None:
     group = _group(template_id=None, version=None, version_number=None, version_image=None)
     with pytest.raises(RefusedError, match="launch template"):
-        plan_rollout(group, _image(), RefreshSettings(), region="r")
+        _plan(group, _image())
 
 
 def test_up_to_date_when_every_instance_runs_the_image() -> None:
     group = _group(version_image=AMI_NEW)
-    plan = plan_rollout(group, _image(), RefreshSettings(), region="r")
+    plan = _plan(group, _image())
     assert plan.up_to_date and not plan.new_version
-    assert plan.actions == ("web: already runs ami-0000000000000new everywhere; nothing to do",)
+    assert plan_steps(plan) == ("web: already runs ami-0000000000000new everywhere; nothing to do",)
 
 
 def test_same_image_but_stragglers_refreshes_them_only() -> None:
     instances = (
-        InstanceFacts("i-1", "InService", "Healthy", "3"),
-        InstanceFacts("i-2", "InService", "Healthy", "2"),
+        GroupInstance("i-1", "InService", "Healthy", "3"),
+        GroupInstance("i-2", "InService", "Healthy", "2"),
     )
-    plan = plan_rollout(
-        _group(version_image=AMI_NEW, instances=instances),
-        _image(),
-        RefreshSettings(),
-        region="r",
-    )
+    plan = _plan(_group(version_image=AMI_NEW, instances=instances), _image())
     assert not plan.up_to_date and not plan.new_version
     assert plan.target_version == 3 and plan.instances_to_replace == 1
 
 
 def test_ssm_image_turns_auto_rollback_off_with_a_warning() -> None:
     group = _group(version_image="resolve:ssm:/factory/web/prod")
-    plan = plan_rollout(group, _image(), RefreshSettings(), region="r")
+    plan = _plan(group, _image())
     assert not plan.settings.auto_rollback
     assert any("cannot roll back" in w for w in plan.warnings)
 
 
 def test_rollback_plan_targets_an_existing_version() -> None:
-    plan = plan_rollout(
+    plan = _plan(
         _group(),
         _image(status="candidate"),
-        RefreshSettings(),
-        region="r",
         target_version=2,
         allow_unverified=True,
         source="rollback",
@@ -225,7 +246,7 @@ class FakeClock:
 
 def test_poller_never_more_than_once_a_second_and_backs_off() -> None:
     fake = FakeClock()
-    poller = Poller(clock=fake.clock, sleep=fake.sleep)
+    poller = RefreshPoller(clock=fake.clock, sleep=fake.sleep)
     for _ in range(200):
         poller.wait()
         fake.calls.append(fake.now)
@@ -243,7 +264,7 @@ def test_poller_never_more_than_once_a_second_and_backs_off() -> None:
 
 
 def test_refresh_status_from_api() -> None:
-    status = RefreshStatus.from_api(
+    status = Refresh.from_api(
         {
             "InstanceRefreshId": "r-1",
             "AutoScalingGroupName": "web",
@@ -347,5 +368,5 @@ def test_cli_rollout_defaults_to_start() -> None:
     ("percentage", "left", "total"), [(0, 4, 4), (50, 2, 4), (25, 6, 8), (100, 0, 0)]
 )
 def test_estimated_total(percentage: int, left: int, total: int) -> None:
-    state = RefreshStatus("r", "g", "InProgress", "", percentage, left, None, None, None)
+    state = Refresh("r", "g", "InProgress", "", percentage, left)
     assert estimated_total(state) == total
