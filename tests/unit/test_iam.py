@@ -78,6 +78,17 @@ def _client_service(node: ast.expr, bound: dict[str, str]) -> str | None:
     return bound.get(name) or ALIASES.get(name)
 
 
+def _gateway_names(tree: ast.AST) -> set[str]:
+    """Local names of the gateway modules a module imports (`from factory.aws import images`)."""
+    return {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "factory.aws"
+        for alias in node.names
+        if alias.name in iam.GATEWAYS
+    }
+
+
 def _bindings(tree: ast.AST) -> dict[str, str]:
     """Names (and self.attributes) assigned a client in a module: `ec2 = clients.client("ec2")`."""
     bound: dict[str, str] = {}
@@ -101,6 +112,7 @@ def api_calls(path: Path, tree: ast.AST | None = None) -> set[str]:
     """Every AWS API call a module (or one node of it) makes, as `prefix:Operation`."""
     tree = tree or ast.parse(path.read_text())
     bound = _bindings(ast.parse(path.read_text()))
+    gateways = _gateway_names(ast.parse(path.read_text()))
     rel = path.relative_to(FACTORY).as_posix()
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -118,6 +130,8 @@ def api_calls(path: Path, tree: ast.AST | None = None) -> set[str]:
             service = _client_service(node.args[0], bound)
             found |= _qualify(operation, service, f"{rel}:{node.lineno}")
         elif isinstance(func, ast.Attribute):
+            if isinstance(func.value, ast.Name) and func.value.id in gateways:
+                continue  # images.delete_snapshot(...): a gateway function, declared there
             service = _client_service(func.value, bound)
             method = func.attr
             if method == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
