@@ -258,6 +258,7 @@ def test_sweep_removes_what_a_build_left(aws: AwsClients) -> None:
     report = sweep_build(aws, build_id)
     assert report.instances == (instance,)
     assert report.key_pairs == (f"factory-{build_id}",)
+    assert report.security_groups == (group,)  # Packer's temporary group, by its name
     assert report.images == (leftover_ami,)
     states = {
         i["InstanceId"]: i["State"]["Name"]

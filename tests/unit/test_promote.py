@@ -303,6 +303,41 @@ def test_interrupt_deregisters_the_partial_copy(aws: AwsClients, config: Path) -
         assert aws.for_region(region).client("ec2").describe_images(Owners=["self"])["Images"] == []
 
 
+def test_a_copy_that_stays_pending_times_out_and_is_deregistered(
+    aws: AwsClients, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is factory.aws.wait's: backs off up to 15 s, gives up after the timeout."""
+    import factory.promote as promotion
+    from factory.aws.wait import Poller, TimedOut
+
+    ami = verified_image(aws)
+    env, targets = staging(config, aws)
+    plan = promotion.plan_promotion(
+        promotion.gather_source(aws, ami),
+        env,
+        promotion.gather_targets(targets, promotion.gather_source(aws, ami)),
+        now=NOW,
+    )
+    monkeypatch.setattr(promotion, "_state", lambda target, ami_id: ("pending", ""))
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    poller = Poller(interval=1.0, max_interval=15.0, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(TimedOut) as caught:
+        promotion.copy_images(
+            plan, aws, targets, progress=Progress(quiet=True), timeout=120, poller=poller
+        )
+    assert "did not become available" in caught.value.message
+    assert "cleanup: deregistered partial copy" in caught.value.message
+    assert min(sleeps) >= 1.0 and max(sleeps) == 15.0 and now[0] >= 120
+    for region in ("eu-west-1", "us-west-2"):
+        assert aws.for_region(region).client("ec2").describe_images(Owners=["self"])["Images"] == []
+
+
 def test_failed_cross_account_copy_withdraws_the_share(aws: AwsClients, config: Path) -> None:
     """moto cannot copy another account's shared AMI: the failure path, cleaned up."""
     ami = verified_image(aws)
