@@ -23,11 +23,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from factory.aws import AwsClients, AwsTarget
-from factory.build import TEMPLATE_FILE, VAR_FILE, prepare_build, write_build_dir
-from factory.config import load_config
+from factory.build import TEMPLATE_FILE, VAR_FILE, gather_build, plan_build, write_build_dir
+from factory.config import FactoryConfig, load_config
 from factory.localcloud import control
 from factory.packer import build_argv, packer_env
 
@@ -53,6 +55,71 @@ def local_cloud() -> Iterator[str]:
             control.down(state)
 
 
+def _verified_base(config_file: Path, clients: AwsClients) -> None:
+    """app needs a verified base: build one, mark it verified."""
+    subprocess.run(
+        [sys.executable, "-m", "factory", "--config", str(config_file), "-q", "build", "base"],
+        check=True,
+        cwd=REPO,
+    )
+    ec2 = clients.client("ec2")
+    images = ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:factory:family", "Values": ["base"]}]
+    )["Images"]
+    ec2.create_tags(
+        Resources=[i["ImageId"] for i in images],
+        Tags=[{"Key": "factory:status", "Value": "verified"}],
+    )
+
+
+def _bare_packer(config: FactoryConfig, clients: AwsClients, family: str) -> float:
+    """`packer build` alone in a build dir the factory rendered (a new build id): seconds."""
+    inputs = gather_build(config, clients, family, {})
+    build_dir = write_build_dir(plan_build(inputs, rebuild=True, now=datetime.now(UTC)))
+    env = packer_env(clients.credentials_env())
+    started = time.monotonic()
+    bare = subprocess.run(
+        build_argv(build_dir / TEMPLATE_FILE, build_dir / VAR_FILE),
+        cwd=build_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    if bare.returncode != 0:
+        raise SystemExit(f"bare packer build failed: {bare.stdout[-2000:]}")
+    return seconds
+
+
+def _factory_build(config_file: Path, family: str) -> float:
+    """`factory build FAMILY --rebuild` as a fresh process: seconds."""
+    argv = [sys.executable, "-m", "factory", "--config", str(config_file), "-q", "build"]
+    argv += [family, "--rebuild", "--output", "json"]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise SystemExit(f"factory build failed: {done.stderr[-2000:]}")
+    return seconds
+
+
+def _summary(family: str, factory_times: list[float], packer_times: list[float]) -> dict[str, Any]:
+    factory_median = statistics.median(factory_times)
+    packer_median = statistics.median(packer_times)
+    return {
+        "family": family,
+        "runs": len(factory_times),
+        "factory_build_s": [round(t, 3) for t in factory_times],
+        "bare_packer_s": [round(t, 3) for t in packer_times],
+        "factory_median_s": round(factory_median, 3),
+        "packer_median_s": round(packer_median, 3),
+        "overhead_s": round(factory_median - packer_median, 3),
+        "ratio": round(factory_median / packer_median, 3),
+        "target_ratio": 1.05,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="smoke")
@@ -68,87 +135,18 @@ def main() -> None:
         )
         config = load_config(project, config_file)
         clients = AwsClients(AwsTarget("us-east-1", endpoint_url=endpoint))
-        if args.family == "app":  # app needs a verified base: build one, mark it verified
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "factory",
-                    "--config",
-                    str(config_file),
-                    "-q",
-                    "build",
-                    "base",
-                ],
-                check=True,
-                cwd=REPO,
-            )
-            ec2 = clients.client("ec2")
-            images = ec2.describe_images(
-                Owners=["self"], Filters=[{"Name": "tag:factory:family", "Values": ["base"]}]
-            )["Images"]
-            ec2.create_tags(
-                Resources=[i["ImageId"] for i in images],
-                Tags=[{"Key": "factory:status", "Value": "verified"}],
-            )
+        if args.family == "app":
+            _verified_base(config_file, clients)
         factory_times: list[float] = []
         packer_times: list[float] = []
-        argv = [
-            sys.executable,
-            "-m",
-            "factory",
-            "--config",
-            str(config_file),
-            "-q",
-            "build",
-            args.family,
-            "--rebuild",
-            "--output",
-            "json",
-        ]
         for run in range(args.runs):
-            started = time.monotonic()
-            done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO)
-            factory_times.append(time.monotonic() - started)
-            if done.returncode != 0:
-                raise SystemExit(f"factory build failed: {done.stderr[-2000:]}")
-            plan = prepare_build(config, clients, args.family, {}, rebuild=True)
-            build_dir = write_build_dir(plan)
-            env = packer_env(clients.credentials_env())
-            started = time.monotonic()
-            bare = subprocess.run(
-                build_argv(build_dir / TEMPLATE_FILE, build_dir / VAR_FILE),
-                cwd=build_dir,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            packer_times.append(time.monotonic() - started)
-            if bare.returncode != 0:
-                raise SystemExit(f"bare packer build failed: {bare.stdout[-2000:]}")
+            factory_times.append(_factory_build(config_file, args.family))
+            packer_times.append(_bare_packer(config, clients, args.family))
             print(
                 f"run {run + 1}: factory {factory_times[-1]:.2f}s  packer {packer_times[-1]:.2f}s",
                 file=sys.stderr,
             )
-        factory_median = statistics.median(factory_times)
-        packer_median = statistics.median(packer_times)
-        print(
-            json.dumps(
-                {
-                    "family": args.family,
-                    "runs": args.runs,
-                    "factory_build_s": [round(t, 3) for t in factory_times],
-                    "bare_packer_s": [round(t, 3) for t in packer_times],
-                    "factory_median_s": round(factory_median, 3),
-                    "packer_median_s": round(packer_median, 3),
-                    "overhead_s": round(factory_median - packer_median, 3),
-                    "ratio": round(factory_median / packer_median, 3),
-                    "target_ratio": 1.05,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(_summary(args.family, factory_times, packer_times), indent=2))
 
 
 if __name__ == "__main__":

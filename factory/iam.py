@@ -66,6 +66,8 @@ PACKER_PERMISSIONS = (
 
 # factory.aws: every client resolves its account id (needs no permission, listed for clarity).
 SESSION_PERMISSIONS = ("sts:GetCallerIdentity",)
+# factory.environments: an environment's clients act through its role_arn (AssumeRole).
+ENVIRONMENT_PERMISSIONS = ("sts:AssumeRole",)
 
 # API operations that IAM authorises under an action of another name.
 AUTHORISED_BY = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket"}
@@ -241,6 +243,7 @@ ROLES = (
         "tag the copies, publish them to channels, attest the promotion",
         (
             Source("aws", SESSION_PERMISSIONS),
+            Source("environments", ENVIRONMENT_PERMISSIONS),
             Source("promote"),
             Source("catalog"),
             Source("channels"),

@@ -306,3 +306,11 @@ def run_packer(
             log.write(result.stderr)
     errors = error_lines(events, result.stderr) if result.returncode != 0 else []
     return PackerRun(result.returncode, tuple(events), tuple(errors), result.seconds)
+
+
+def run_init(template: Path, *, env: Mapping[str, str], cwd: Path, packer: str = PACKER) -> None:
+    """`packer init` (Packer 1.7 and later: installs the plugins `required_plugins` names)."""
+    init = run(init_argv(template, packer), env=env, cwd=cwd, timeout=600)
+    if init.returncode != 0:
+        lines = (init.stderr or init.stdout).strip().splitlines()[-3:]
+        raise PackerError(f"packer init failed: {' | '.join(lines)}")

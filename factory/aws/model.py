@@ -71,6 +71,7 @@ class Image:
     region: str
     name: str = ""
     state: str = "available"
+    state_reason: str = ""  # why it is in that state (a failed copy says why)
     owner_id: str = ""
     description: str = ""
     architecture: str = ""
@@ -91,6 +92,7 @@ class Image:
             region=region,
             name=str(item.get("Name", "")),
             state=str(item.get("State", "available")),
+            state_reason=str((item.get("StateReason") or {}).get("Message", "")),
             owner_id=str(item.get("OwnerId", "")),
             description=str(item.get("Description") or ""),
             architecture=str(item.get("Architecture", "")),

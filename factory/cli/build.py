@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from factory import build
-from factory.build import BuildPlan, BuildResult, apply_build, prepare_build, require_built
+from factory.build import (
+    BuildPlan,
+    BuildResult,
+    VerifyWhen,
+    build_and_verify,
+    gather_build,
+    plan_build,
+    require_built,
+)
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.cli.render import given_variables, var_options
 from factory.cli.verify import render_result
 from factory.output import to_jsonable
-from factory.provenance import ProvenanceRecord, attest_verifications
-from factory.verify import VerifyReport, require_verified, verify_images
+from factory.provenance import ProvenanceRecord
+from factory.verify import VerifyReport, require_verified
 
 
 def plan_text(plan: BuildPlan) -> str:
@@ -90,35 +98,31 @@ def build_cmd(
     build's tag, and exits 130/143.
     """
     clients = cli.clients()
-    plan = prepare_build(
-        cli.config, clients, family, given_variables(var_args, var_file), rebuild=rebuild
-    )
+    inputs = gather_build(cli.config, clients, family, given_variables(var_args, var_file))
+    plan = plan_build(inputs, rebuild=rebuild, now=datetime.now(UTC))
     if dry_run:
         cli.emit(plan, plan_text(plan))
         return
-    progress = cli.progress()
-    result = apply_build(plan, clients, progress)
+    made = build_and_verify(
+        cli.config,
+        clients,
+        plan,
+        cli.progress(),
+        verify=VerifyWhen.ALWAYS if verify_after else VerifyWhen.NEVER,
+        provenance=not no_provenance,
+    )
+    result = made.build
     if result.status == "failed":
         cli.emit(result, result_text(result))
         require_built(result)
-    provenance = () if no_provenance else build.attest(cli.config, clients, plan, result, progress)
     if not verify_after:
-        cli.emit(build_report(result, provenance), result_text(result))
+        cli.emit(build_report(result, made.provenance), result_text(result))
         return
-    results = verify_images(
-        clients,
-        list(result.ami_ids),
-        templates_dir=cli.config.templates_dir,
-        output_dir=cli.config.state_dir / "verify",
-        progress=progress,
-    )
-    if not no_provenance:
-        provenance += attest_verifications(cli.config, clients, results, progress)
     cli.emit(
-        build_report(result, provenance, VerifyReport.of(results)),
-        "\n".join([result_text(result), *(render_result(r) for r in results)]),
+        build_report(result, made.provenance, VerifyReport.of(made.verification)),
+        "\n".join([result_text(result), *(render_result(r) for r in made.verification)]),
     )
-    require_verified(results)
+    require_verified(made.verification)
 
 
 def build_report(

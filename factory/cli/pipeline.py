@@ -19,17 +19,18 @@ from factory.pipeline import (
     DEFAULT_LOCK_TTL,
     LOCK_PARAMETER,
     AwsSteps,
+    FamilyResult,
     LockHeld,
-    RunSettings,
+    NightlyPlan,
+    NightlyResult,
+    RetireSummary,
+    apply_nightly,
     discover_families,
-    gather_facts,
+    gather_nightly,
+    holder_text,
     plan_nightly,
     read_lock,
     release_lock,
-    render_markdown,
-    render_plan,
-    render_text,
-    run_nightly,
 )
 from factory.redact import redact
 from factory.retire import RetireResult, apply_retire, build_plan, unique_targets
@@ -117,21 +118,23 @@ def run_cmd(
     names = _families(cli, families)
     _check_report_path(report)
     clients = cli.clients()
+    plan = plan_nightly(
+        gather_nightly(cfg, clients, names, channel),
+        channel=channel,
+        rebuild=rebuild,
+        retire=retire,
+        lock_ttl=lock_ttl,
+    )
     if dry_run:
-        facts = [gather_facts(cfg, clients, f, channel, rebuild=rebuild) for f in names]
-        plan = plan_nightly(
-            facts, channel=channel, rebuild=rebuild, retire=retire, lock_ttl=lock_ttl
-        )
         cli.emit(plan, render_plan(plan))
         return
     progress = cli.progress()
     try:
-        result = run_nightly(
+        result = apply_nightly(
+            plan,
             clients,
             AwsSteps(cfg, clients, progress),
-            names,
-            RunSettings(channel=channel, rebuild=rebuild, lock_ttl=lock_ttl),
-            retire=_retire_step(cli, progress) if retire else None,
+            retire=_retire_step(cli, progress) if plan.retire else None,
             progress=progress,
         )
     except LockHeld as exc:
@@ -142,14 +145,20 @@ def run_cmd(
     if report is not None:
         report.write_text(render_markdown(result))
     cli.emit(result, render_text(result))
-    if not result.ok:
-        failed = [r.family for r in result.families if not r.ok]
-        what = f"{len(failed)} of {len(result.families)} families failed ({', '.join(failed)})"
-        if result.retire is not None and not result.retire.ok:
-            what += "; retire had failures"
-        if result.error:
-            what = result.error
-        raise FactoryError(f"pipeline {result.run_id}: {what}", ExitCode.FAILED)
+    _require_ok(result)
+
+
+def _require_ok(result: NightlyResult) -> None:
+    """Exit 1 naming what failed: families, the retire step, or the run itself."""
+    if result.ok:
+        return
+    failed = [r.family for r in result.families if not r.ok]
+    what = f"{len(failed)} of {len(result.families)} families failed ({', '.join(failed)})"
+    if result.retire is not None and not result.retire.ok:
+        what += "; retire had failures"
+    if result.error:
+        what = result.error
+    raise FactoryError(f"pipeline {result.run_id}: {what}", ExitCode.FAILED)
 
 
 def _families(cli: CliContext, families: Sequence[str]) -> tuple[str, ...]:
@@ -173,10 +182,10 @@ def unlock_cmd(cli: CliContext, *, force: bool) -> None:
     if not force:
         if not sys.stdin.isatty():
             raise ConfigError(
-                f"{LOCK_PARAMETER} is held by {holder.describe()}; pass --force to remove it"
+                f"{LOCK_PARAMETER} is held by {holder_text(holder)}; pass --force to remove it"
             )
         if not click.confirm(
-            f"{LOCK_PARAMETER} is held by {holder.describe()}. Remove it?", err=True
+            f"{LOCK_PARAMETER} is held by {holder_text(holder)}. Remove it?", err=True
         ):
             raise RefusedError("lock kept; nothing changed")
     removed = release_lock(clients, holder)
@@ -186,8 +195,147 @@ def unlock_cmd(cli: CliContext, *, force: bool) -> None:
         )
     cli.emit(
         {"parameter": LOCK_PARAMETER, "holder": holder, "removed": True},
-        f"removed {LOCK_PARAMETER} (held by {holder.describe()})",
+        f"removed {LOCK_PARAMETER} (held by {holder_text(holder)})",
     )
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+
+def _verify_text(r: FamilyResult) -> str:
+    if r.verify is None:
+        return "-"
+    if r.verify == "already-verified":
+        return "already verified"
+    if r.tests_total:
+        return f"{r.verify} {r.tests_passed}/{r.tests_total}"
+    return r.verify
+
+
+def _channel_text(r: FamilyResult) -> str:
+    if r.ami_id is None or not r.ok:
+        return "-"
+    if not r.channel_changed:
+        return f"{r.channel}: unchanged"
+    return f"{r.channel}: {r.channel_previous or 'unset'} -> {r.ami_id}"
+
+
+def _rows(result: NightlyResult) -> list[tuple[str, ...]]:
+    return [
+        (
+            r.family,
+            r.ami_id or "-",
+            r.build or "-",
+            _verify_text(r),
+            _channel_text(r),
+            f"{r.seconds:.1f}",
+            "ok" if r.ok else "FAILED",
+        )
+        for r in result.families
+    ]
+
+
+HEADER = ("FAMILY", "AMI", "BUILD", "VERIFY", "CHANNEL", "SECONDS", "RESULT")
+
+
+def _retire_text(summary: RetireSummary) -> str:
+    if summary.error:
+        return f"retire failed: {summary.error}"
+    return (
+        f"retire: {len(summary.deprecated)} deprecated, {len(summary.deregistered)} deregistered, "
+        f"{len(summary.restored)} restored, {len(summary.failed)} failed, "
+        f"{summary.skipped} skipped ({summary.api_calls} API calls)"
+    )
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def render_text(result: NightlyResult) -> str:
+    """The run as a short table, then failures, retire and the lock."""
+    lines = _table([HEADER, *_rows(result)])
+    lines += [f"{r.family}: {r.error}" for r in result.families if r.error]
+    if result.retire is not None:
+        lines.append(_retire_text(result.retire))
+        lines += [f"  retire failed: {f}" for f in result.retire.failed]
+    if result.error:
+        lines.append(f"run stopped: {result.error}")
+    failed = sum(1 for r in result.families if not r.ok)
+    lock = f"lock {result.lock.parameter} {'released' if result.lock_released else 'NOT released'}"
+    if result.lock_taken_over is not None:
+        lock += f" (taken over from expired {holder_text(result.lock_taken_over)})"
+    lines.append(
+        f"run {result.run_id}: {len(result.families)} families, {failed} failed, "
+        f"{result.seconds:.1f}s; {lock}"
+    )
+    return redact("\n".join(lines))
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(result: NightlyResult) -> str:
+    """The report CI keeps as an artifact (through the same redaction as all output)."""
+    verdict = "succeeded" if result.ok else "FAILED"
+    lines = [
+        f"# Nightly pipeline {result.run_id}: {verdict}",
+        "",
+        f"- started {result.started.isoformat(timespec='seconds')}, "
+        f"finished {result.finished.isoformat(timespec='seconds')} ({result.seconds:.1f}s)",
+        f"- channel `{result.channel}`; rebuild: {'yes' if result.rebuild else 'no'}",
+        f"- lock `{result.lock.parameter}` held by {result.lock.owner}; "
+        f"{'released' if result.lock_released else '**not released**'}",
+    ]
+    if result.lock_taken_over is not None:
+        lines.append(f"- took over an expired lock: {holder_text(result.lock_taken_over)}")
+    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in _rows(result)]
+    errors = [r for r in result.families if r.error]
+    if errors:
+        lines += ["", "## Failures", ""]
+        lines += [f"- **{r.family}**: {_md_cell(r.error or '')}" for r in errors]
+    if result.retire is not None:
+        lines += ["", "## Retire", "", f"- {_retire_text(result.retire)}"]
+        for label, amis in (
+            ("deprecated", result.retire.deprecated),
+            ("deregistered", result.retire.deregistered),
+            ("restored", result.retire.restored),
+        ):
+            if amis:
+                lines.append(f"- {label}: {', '.join(amis)}")
+        lines += [f"- failed: {_md_cell(f)}" for f in result.retire.failed]
+    if result.error:
+        lines += ["", f"**Run stopped:** {_md_cell(result.error)}"]
+    return redact("\n".join(lines) + "\n")
+
+
+def render_plan(plan: NightlyPlan) -> str:
+    """The plan as `--dry-run` prints it: per family the action and how its channel moves."""
+    header = ("FAMILY", "ACTION", "AMI", "CHANNEL NOW", "CHANNEL MOVE")
+    rows = [header]
+    for f in plan.families:
+        move = {
+            "none": "unchanged",
+            "set": f"{f.channel} -> {f.ami_id}",
+            "after-verify": f"{f.channel} -> the new AMI once verified",
+        }[f.channel_move]
+        rows.append((f.family, f.action, f.ami_id or "-", f.channel_ami or "unset", move))
+    lines = _table(rows)
+    lines += [f"{f.family}: {f.error}" for f in plan.families if f.error]
+    lines.append(
+        f"dry run: no lock taken ({plan.lock_parameter}), nothing changed"
+        + (
+            "; retire would then apply the retention plan (see `factory retire`)"
+            if plan.retire
+            else ""
+        )
+    )
+    return redact("\n".join(lines))
 
 
 COMMANDS: list[click.Command] = [pipeline_group]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from factory.cli.context import CliContext, output_option, pass_cli
 from factory.config import check_region
 from factory.errors import ConfigError
+
+if TYPE_CHECKING:  # factory.promote imports boto3: only a command that runs pays for it
+    from factory.promote import PromotionPlan, PromotionResult
 
 
 def _regions(value: str | None, allowed: tuple[str, ...], env: str) -> tuple[str, ...]:
@@ -23,6 +28,46 @@ def _regions(value: str | None, allowed: tuple[str, ...], env: str) -> tuple[str
                 f"({', '.join(allowed)}); add it to [environments.{env}] regions"
             )
     return wanted
+
+
+def plan_text(plan: PromotionPlan) -> str:
+    """The plan as `--dry-run` prints it: one line per target account and region."""
+    lines = [
+        f"promote {plan.source_ami} ({plan.name}, {plan.source_account}/{plan.source_region}) "
+        f"to {plan.environment}"
+    ]
+    for step in plan.steps:
+        where = f"{step.account}/{step.region}"
+        if step.action == "reuse":
+            lines.append(f"  {where}: reuse {step.ami_id} (already promoted)")
+        elif step.action == "source":
+            lines.append(f"  {where}: the image itself lives here; nothing to copy")
+        else:
+            extra = []
+            if step.share:
+                extra.append(f"share launch and snapshot permission with {step.account}")
+            if step.kms_key:
+                extra.append(f"encrypt with {step.kms_key}")
+            suffix = f" ({'; '.join(extra)})" if extra else ""
+            lines.append(f"  {where}: copy{suffix}")
+    if plan.channel:
+        lines.append(f"  then set channel {plan.family}/{plan.channel} in each region")
+    return "\n".join(lines)
+
+
+def result_text(result: PromotionResult) -> str:
+    """Each copy, each channel set, and where the promotion was attested."""
+    lines = [
+        f"{c.account}/{c.region}  {c.ami_id}  {c.action}  {c.state}  {c.seconds:.1f}s"
+        for c in result.copies
+    ]
+    lines += [
+        f"{s.account}/{s.region}  {s.parameter} -> {s.ami_id}{'' if s.changed else ' (unchanged)'}"
+        for s in result.channels
+    ]
+    if result.attestation:
+        lines.append(f"promotion attested in {result.attestation}")
+    return "\n".join(lines)
 
 
 @click.command("promote")
@@ -49,34 +94,19 @@ def promote_command(
     factory tags (the verified verdict included) plus factory:promoted-from; an existing copy
     is reused. --channel then publishes each copy in its own account and region.
     """
-    from factory.aws import AwsClients, AwsTarget
-    from factory.promote import PromotionPlan, promote
+    from factory.environments import environment, environment_regions
+    from factory.promote import PromotionPlan, environment_targets, promote
 
     cfg = ctx.config
-    environment = cfg.environments.get(env_name)
-    if environment is None:
-        known = ", ".join(sorted(cfg.environments)) or "none configured"
-        raise ConfigError(
-            f"unknown environment {env_name!r} ({known}); add [environments.{env_name}] "
-            "to factory.toml"
-        )
-    source = ctx.clients()
-    targets = {}
-    for region in _regions(regions, environment.regions or cfg.regions, env_name):
-        clients = AwsClients(
-            AwsTarget(region, cfg.profile, environment.role_arn or cfg.role_arn, cfg.endpoint_url)
-        )
-        if environment.account and clients.account_id != environment.account:
-            raise ConfigError(
-                f"environments.{env_name}.account is {environment.account}, but its credentials "
-                f"act in account {clients.account_id}; fix role_arn or account"
-            )
-        targets[(clients.account_id, region)] = clients
+    env = environment(cfg, env_name)
+    targets = environment_targets(
+        cfg, env, _regions(regions, environment_regions(cfg, env), env_name)
+    )
     outcome = promote(
         cfg,
-        source,
+        ctx.clients(),
         ami_id,
-        environment,
+        env,
         targets,
         channel=channel,
         dry_run=dry_run,
@@ -84,12 +114,12 @@ def promote_command(
         progress=ctx.progress(),
     )
     if isinstance(outcome, PromotionPlan):
-        ctx.emit(outcome, outcome.describe())
+        ctx.emit(outcome, plan_text(outcome))
         return
     progress = ctx.progress()
     for warning in outcome.warnings:
         progress.warn(warning)
-    ctx.emit(outcome, outcome.describe())
+    ctx.emit(outcome, result_text(outcome))
 
 
 COMMANDS: list[click.Command] = [promote_command]

@@ -13,7 +13,7 @@ import click
 
 from factory.build import ValidateResult, validate_family
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.errors import ConfigError, PackerError
+from factory.errors import ConfigError, FactoryError, PackerError
 from factory.output import to_jsonable
 from factory.packer import PACKER, detect_version, parse_version
 from factory.render import (
@@ -152,7 +152,7 @@ def validate_cmd(
     credentials: dict[str, str] = {}
     try:
         credentials = cli.clients().credentials_env()
-    except Exception:  # noqa: BLE001 - validate needs no AWS; Packer gets none then
+    except FactoryError:  # no credentials or profile: validate needs no AWS, Packer gets none
         credentials = {}
     result: ValidateResult = validate_family(
         cfg,

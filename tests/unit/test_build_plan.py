@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,26 +14,33 @@ from moto import mock_aws
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tags_dict
 from factory.build import (
+    BuildInputs,
     BuildPlan,
     BuildResult,
+    BuiltImage,
+    ParentImage,
     ProvisionerFile,
-    SourceImage,
+    VerifyWhen,
+    build_and_verify,
     build_facts,
     dedupe_key,
     find_reusable,
     new_build_id,
     plan_build,
     provisioner_files,
-    resolve_source,
+    resolve_parent,
     sweep_build,
     tag_candidates,
     var_file_text,
     write_build_dir,
 )
+from factory.config import FactoryConfig
 from factory.errors import ConfigError, RefusedError
 from factory.git import GitState
+from factory.output import Progress
 from factory.packer import PackerVersion
 from factory.render import RenderSettings, SourceSpec, load_family, render, resolve_variables
+from factory.verify import Outcome, VerifyResult
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
@@ -51,6 +58,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
         yield AwsClients(AwsTarget("us-east-1"))
 
 
+def _config(tmp_path: Path) -> FactoryConfig:
+    return FactoryConfig(
+        root=tmp_path,
+        templates_dir=TEMPLATES,
+        provisioners_dir=PROVISIONERS,
+        state_dir=tmp_path / ".factory",
+    )
+
+
 def _plan(
     tmp_path: Path,
     *,
@@ -64,23 +80,21 @@ def _plan(
     family = load_family(TEMPLATES, "base")
     variables = resolve_variables(family, given or {})
     rendered = render(family, variables, RenderSettings(packer.plugins, True, "us-east-1"))
-    return plan_build(
+    inputs = BuildInputs(
         family=family,
-        rendered=rendered,
         variables=variables,
+        rendered=rendered,
         provisioners=provisioner_files(PROVISIONERS, family.provisioners),
         provisioners_dir=PROVISIONERS,
-        source=SourceImage(source, "debian-12-amd64-x", "136693071363"),
+        parent=ParentImage(source, "debian-12-amd64-x", "136693071363"),
         packer_version=packer,
         git=GitState("f" * 40, True),
         region="us-east-1",
         endpoint="http://127.0.0.1:5000",
         build_root=tmp_path / "builds",
-        now=NOW,
         reusable_ami=reusable,
-        rebuild=rebuild,
-        suffix=suffix,
     )
+    return plan_build(inputs, now=NOW, rebuild=rebuild, suffix=suffix)
 
 
 def test_build_ids_and_names_are_versioned_and_unique() -> None:
@@ -161,21 +175,21 @@ def test_source_filter_takes_the_newest_match(aws: AwsClients) -> None:
     newer = register(aws, "debian-12-amd64-b", {})
     family = load_family(TEMPLATES, "base")
     family = replace(family, source=SourceSpec((aws.account_id,), "debian-12-amd64-*"))
-    resolved = resolve_source(aws, family)
+    resolved = resolve_parent(aws, family)
     assert resolved.ami_id in {older, newer}
     images = aws.client("ec2").describe_images(ImageIds=[older, newer])["Images"]
     newest = max(images, key=lambda i: i["CreationDate"])
     assert resolved.ami_id == newest["ImageId"]
     family = replace(family, source=SourceSpec((aws.account_id,), "nothing-*"))
     with pytest.raises(ConfigError, match="no image named nothing"):
-        resolve_source(aws, family)
+        resolve_parent(aws, family)
 
 
 def test_app_builds_on_the_newest_verified_unrevoked_base(aws: AwsClients) -> None:
     root = register(aws, "debian-12-amd64-x", {})
     app = load_family(TEMPLATES, "app")
     with pytest.raises(RefusedError, match="no verified base"):
-        resolve_source(aws, app)
+        resolve_parent(aws, app)
     register_factory_image(aws, "base", "1", root, age_days=3)
     good = register_factory_image(aws, "base", "2", root, age_days=2)
     register_factory_image(aws, "base", "3", root, status=T.Status.CANDIDATE, age_days=1)
@@ -184,7 +198,7 @@ def test_app_builds_on_the_newest_verified_unrevoked_base(aws: AwsClients) -> No
         Resources=[revoked],
         Tags=[{"Key": T.REVOKED_AT, "Value": "2026-11-24T00:00:00+00:00"}],
     )
-    resolved = resolve_source(aws, app)
+    resolved = resolve_parent(aws, app)
     # moto's CreationDate has second resolution: compare with what it says is newest
     assert resolved.ami_id in {good} or resolved.ami_id != revoked
     assert resolved.ami_id != revoked
@@ -244,6 +258,7 @@ def test_sweep_removes_what_a_build_left(aws: AwsClients) -> None:
     report = sweep_build(aws, build_id)
     assert report.instances == (instance,)
     assert report.key_pairs == (f"factory-{build_id}",)
+    assert report.security_groups == (group,)  # Packer's temporary group, by its name
     assert report.images == (leftover_ami,)
     states = {
         i["InstanceId"]: i["State"]["Name"]
@@ -285,3 +300,86 @@ def test_build_facts_for_provenance(tmp_path: Path) -> None:
     assert facts.git_commit == "f" * 40 and facts.git_dirty is True
     assert facts.finished_at is not None and facts.started_at is not None
     assert (facts.finished_at - facts.started_at).total_seconds() == 12.5
+
+
+# ---- the chain: build -> attest -> verify -> attest ------------------------------------------
+
+
+@dataclass
+class FakeWorkers:
+    """Packer and the test instance, faked: the build returns `result`, verify passes."""
+
+    result: BuildResult
+    verified: list[tuple[str, ...]] = field(default_factory=list)
+
+    def build(self, plan: BuildPlan) -> BuildResult:
+        return self.result
+
+    def verify_images(self, ami_ids: Sequence[str]) -> list[VerifyResult]:
+        self.verified.append(tuple(ami_ids))
+        return [VerifyResult(a, "us-east-1", "base", Outcome.VERIFIED, total=1) for a in ami_ids]
+
+
+def _result(plan: BuildPlan, status: str, ami_ids: Sequence[str]) -> BuildResult:
+    return BuildResult(
+        family="base",
+        build_id=plan.build_id,
+        status=status,
+        version=plan.version,
+        name=plan.ami_name,
+        images=tuple(BuiltImage("us-east-1", a, ()) for a in ami_ids),
+        source_ami=plan.source_ami,
+        dedupe_key=plan.dedupe_key,
+        template_digest=plan.template_digest,
+        packer_version="1.6.6",
+        build_dir=None,
+        log_file=None,
+        manifest=None,
+        seconds=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "when", "verified"),
+    [
+        (T.Status.CANDIDATE, VerifyWhen.NEVER, False),
+        (T.Status.CANDIDATE, VerifyWhen.UNVERIFIED, True),
+        (T.Status.VERIFIED, VerifyWhen.UNVERIFIED, False),  # the nightly: not again
+        (T.Status.VERIFIED, VerifyWhen.ALWAYS, True),  # factory build --verify: again
+    ],
+)
+def test_the_chain_verifies_as_asked(
+    aws: AwsClients, tmp_path: Path, status: T.Status, when: VerifyWhen, verified: bool
+) -> None:
+    ami = register_factory_image(
+        aws, "base", "1", register(aws, "debian-12-amd64-x", {}), status=status
+    )
+    plan = _plan(tmp_path)
+    workers = FakeWorkers(_result(plan, "built", [ami]))
+    made = build_and_verify(
+        _config(tmp_path),
+        aws,
+        plan,
+        Progress(quiet=True),
+        verify=when,
+        provenance=False,
+        workers=workers,
+    )
+    assert made.build is workers.result and made.provenance == ()
+    assert workers.verified == ([(ami,)] if verified else [])
+    assert [v.ami_id for v in made.verification] == ([ami] if verified else [])
+    assert made.already_verified == (when is VerifyWhen.UNVERIFIED and not verified)
+
+
+def test_a_failed_build_ends_the_chain(aws: AwsClients, tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    workers = FakeWorkers(_result(plan, "failed", []))
+    made = build_and_verify(
+        _config(tmp_path),
+        aws,
+        plan,
+        Progress(quiet=True),
+        verify=VerifyWhen.ALWAYS,
+        workers=workers,
+    )
+    assert made.build.status == "failed" and made.provenance == () and workers.verified == []

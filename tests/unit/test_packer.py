@@ -21,6 +21,7 @@ from factory.packer import (
     parse_version,
     progress_text,
     read_manifest,
+    run_init,
     validate_argv,
 )
 
@@ -199,3 +200,18 @@ def test_manifest_gives_the_last_runs_amis(tmp_path: Path) -> None:
 def test_broken_manifest_is_a_packer_error() -> None:
     with pytest.raises(PackerError, match="not JSON"):
         parse_manifest("{")
+
+
+def test_packer_init_failure_names_packers_last_lines(tmp_path: Path) -> None:
+    """`packer init` (Packer 1.7+) is run through the one subprocess helper; a stand-in binary."""
+    fake = tmp_path / "packer"
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = init ] || exit 9\n'
+        'echo one >&2\necho two >&2\necho three >&2\necho "plugin not found" >&2\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    template = tmp_path / "image.pkr.hcl"
+    with pytest.raises(PackerError, match=r"packer init failed: two \| three \| plugin not found"):
+        run_init(template, env=packer_env({}), cwd=tmp_path, packer=str(fake))
+    fake.write_text('#!/bin/sh\n[ "$1" = init ] && exit 0\nexit 9\n')
+    run_init(template, env=packer_env({}), cwd=tmp_path, packer=str(fake))  # no error

@@ -16,14 +16,16 @@ from moto import mock_aws
 
 from factory import tags as T
 from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.aws.model import Image, parse_time
 from factory.cli import cli
+from factory.cli.promote import plan_text
 from factory.config import Environment, load_config
 from factory.errors import AwsError, ConfigError, Interrupted, RefusedError
 from factory.output import Progress
 from factory.promote import (
     PromotionPlan,
     PromotionResult,
-    SourceImage,
+    PromotionSource,
     TargetFacts,
     copy_tags,
     find_copy,
@@ -37,19 +39,20 @@ ROLE = f"arn:aws:iam::{OTHER}:role/factory"
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-def source(**changes: object) -> SourceImage:
-    image = SourceImage(
+def source(**changes: object) -> PromotionSource:
+    """The image to promote; `changes` name Image fields or PromotionSource fields."""
+    derived = {k: changes.pop(k) for k in ("aws_managed_key", "shared_with") if k in changes}
+    if isinstance(changes.get("deprecation_time"), str):
+        changes["deprecation_time"] = parse_time(changes["deprecation_time"])
+    image = Image(
         ami_id="ami-src",
-        account=OWN,
         region="us-east-1",
         name="web-1",
         description="web image",
         state="available",
+        owner_id=OWN,
         snapshot_ids=("snap-1",),
         encrypted=False,
-        aws_managed_key=False,
-        shared_with=(),
-        deprecation_time=None,
         tags={
             T.FAMILY: "web",
             T.STATUS: "verified",
@@ -59,7 +62,13 @@ def source(**changes: object) -> SourceImage:
             "Name": "not a factory tag",
         },
     )
-    return replace(image, **changes)  # type: ignore[arg-type]
+    promoted = PromotionSource(
+        image=replace(image, **changes),  # type: ignore[arg-type]
+        account=OWN,
+        aws_managed_key=False,
+        shared_with=(),
+    )
+    return replace(promoted, **derived)  # type: ignore[arg-type]
 
 
 ENV = Environment("prod", account=OTHER, regions=("eu-west-1", "us-east-1"))
@@ -112,8 +121,8 @@ def test_plan_per_target() -> None:
     ]
     assert plan.steps[0].kms_key == "alias/prod"
     assert plan.promoted_from == f"{OWN}:us-east-1:ami-src"
-    assert "share launch and snapshot permission with 210987654321" in plan.describe()
-    assert "reuse ami-old (already promoted)" in plan.describe()
+    assert "share launch and snapshot permission with 210987654321" in plan_text(plan)
+    assert "reuse ami-old (already promoted)" in plan_text(plan)
 
 
 def test_an_existing_share_is_not_granted_again() -> None:
@@ -290,6 +299,41 @@ def test_interrupt_deregisters_the_partial_copy(aws: AwsClients, config: Path) -
             wait=True,
             progress=InterruptAfterFirstCopy(),
         )
+    for region in ("eu-west-1", "us-west-2"):
+        assert aws.for_region(region).client("ec2").describe_images(Owners=["self"])["Images"] == []
+
+
+def test_a_copy_that_stays_pending_times_out_and_is_deregistered(
+    aws: AwsClients, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is factory.aws.wait's: backs off up to 15 s, gives up after the timeout."""
+    import factory.promote as promotion
+    from factory.aws.wait import Poller, TimedOut
+
+    ami = verified_image(aws)
+    env, targets = staging(config, aws)
+    plan = promotion.plan_promotion(
+        promotion.gather_source(aws, ami),
+        env,
+        promotion.gather_targets(targets, promotion.gather_source(aws, ami)),
+        now=NOW,
+    )
+    monkeypatch.setattr(promotion, "_state", lambda target, ami_id: ("pending", ""))
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    poller = Poller(interval=1.0, max_interval=15.0, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(TimedOut) as caught:
+        promotion.copy_images(
+            plan, aws, targets, progress=Progress(quiet=True), timeout=120, poller=poller
+        )
+    assert "did not become available" in caught.value.message
+    assert "cleanup: deregistered partial copy" in caught.value.message
+    assert min(sleeps) >= 1.0 and max(sleeps) == 15.0 and now[0] >= 120
     for region in ("eu-west-1", "us-west-2"):
         assert aws.for_region(region).client("ec2").describe_images(Owners=["self"])["Images"] == []
 
