@@ -11,18 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from factory import tags as T
 from factory.aws import AwsClients, images, parameters
-from factory.aws.model import Image, ImageIdentity, is_revoked, parse_time
+from factory.aws.model import Image, ImageIdentity, is_revoked
 from factory.errors import ConfigError, RefusedError, UnsupportedOperation
 
 __all__ = ["ImageIdentity", "ImageRecord", "is_revoked"]
 
 CHANNEL_ROOT = "/factory"
-# transitional: describe_image below calls EC2 itself until its last caller uses the gateway
-PERMISSIONS = ("ec2:DescribeImages",)
 
 
 @dataclass(frozen=True)
@@ -346,27 +343,3 @@ def revoke_image(
     catalog = list_images(clients, regions=regions) if cascade else []
     plan = plan_revoke(image, catalog, reason=reason, cascade=cascade, at=now or datetime.now(UTC))
     return plan if dry_run else apply_revoke(plan, clients)
-
-
-# ---- transitional: for stages not yet on the gateways; goes with their last caller -------------
-
-
-def describe_image(clients: AwsClients, ami_id: str) -> dict[str, Any] | None:
-    """DescribeImages as a raw dict (use `images.get`)."""
-    from factory.aws.api import call
-
-    found = call(
-        clients.client("ec2"),
-        "DescribeImages",
-        ok=images.NOT_FOUND,
-        about=ami_id,
-        ImageIds=[ami_id],
-    )
-    items = (found or {}).get("Images") or []
-    return dict(items[0]) if items else None
-
-
-def deprecation_passed(deprecation_time: str | None, now: datetime) -> bool:
-    """Whether a DeprecationTime (ISO 8601, as EC2 gives it) is at or before `now`."""
-    moment = parse_time(deprecation_time)
-    return moment is not None and moment <= now

@@ -514,8 +514,7 @@ def attest(
     progress: Progress,
 ) -> str | None:
     """Append a promotion attestation naming the copies no earlier one names; its URI."""
-    from factory.provenance import record_promotion
-    from factory.signing import signer_from_config
+    from factory.provenance import record_promotion, signer_from_config
 
     wanted = [c for c in copies if c.action != "source"]
     try:
