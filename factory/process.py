@@ -141,10 +141,38 @@ def run(
     argv = tuple(str(a) for a in argv)
     log.debug("run: %s (cwd=%s)", " ".join(argv), cwd)
     started = time.monotonic()
+    proc = _spawn(argv, env=env, cwd=cwd, with_stdin=input_text is not None)
+    stderr_chunks: list[str] = []
+    stdout_lines: list[str] = []
+    with trap_signals() as trap:
+        trap.proc = proc
+        _follow(
+            proc, trap, stdout_lines, stderr_chunks, input_text, timeout, cancel, on_stdout_line
+        )
+        if trap.signum is not None:
+            if timeout is not None and time.monotonic() - started >= timeout:
+                raise error_class(f"{argv[0]} timed out after {timeout:.0f}s")
+            raise Interrupted(trap.signum)
+    result = ProcessResult(
+        argv=argv,
+        returncode=proc.returncode,
+        stdout="".join(stdout_lines),
+        stderr="".join(stderr_chunks),
+        seconds=time.monotonic() - started,
+    )
+    if check and result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise error_class(f"{argv[0]} exited {result.returncode}: {' | '.join(tail)}")
+    return result
+
+
+def _spawn(
+    argv: tuple[str, ...], *, env: Mapping[str, str] | None, cwd: Path | None, with_stdin: bool
+) -> subprocess.Popen[str]:
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv,
-            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -158,58 +186,51 @@ def run(
             f"{argv[0]} not found; install it (make setup) or put it on PATH"
         ) from None
 
-    stderr_chunks: list[str] = []
-    stdout_lines: list[str] = []
+
+def _follow(
+    proc: subprocess.Popen[str],
+    trap: _SignalTrap,
+    stdout_lines: list[str],
+    stderr_chunks: list[str],
+    input_text: str | None,
+    timeout: float | None,
+    cancel: threading.Event | None,
+    on_stdout_line: Callable[[str], None] | None,
+) -> None:
+    """Feed the child, read its output to the end (stderr on a thread), enforce the timeout
+    and the cancel event; the child's group is killed if it is still there afterwards."""
 
     def _drain_stderr() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             stderr_chunks.append(line)
 
-    with trap_signals() as trap:
-        trap.proc = proc
-        reader = threading.Thread(target=_drain_stderr, daemon=True)
-        reader.start()
-        if input_text is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(input_text)
-            proc.stdin.close()
-        assert proc.stdout is not None
-        timer: threading.Timer | None = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, lambda: trap.handler(signal.SIGTERM, None))
-            timer.daemon = True
-            timer.start()
-        if cancel is not None:
-            threading.Thread(target=_cancel_on, args=(cancel, proc, trap), daemon=True).start()
-        try:
-            for line in proc.stdout:
-                stdout_lines.append(line)
-                if on_stdout_line is not None:
-                    on_stdout_line(line.rstrip("\n"))
-            proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if proc.poll() is None:
-                _kill_group(proc)
-        reader.join(timeout=5)
-        if trap.signum is not None:
-            if timeout is not None and time.monotonic() - started >= timeout:
-                raise error_class(f"{argv[0]} timed out after {timeout:.0f}s")
-            raise Interrupted(trap.signum)
-
-    result = ProcessResult(
-        argv=argv,
-        returncode=proc.returncode,
-        stdout="".join(stdout_lines),
-        stderr="".join(stderr_chunks),
-        seconds=time.monotonic() - started,
-    )
-    if check and result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise error_class(f"{argv[0]} exited {result.returncode}: {' | '.join(tail)}")
-    return result
+    reader = threading.Thread(target=_drain_stderr, daemon=True)
+    reader.start()
+    if input_text is not None:
+        assert proc.stdin is not None
+        proc.stdin.write(input_text)
+        proc.stdin.close()
+    assert proc.stdout is not None
+    timer: threading.Timer | None = None
+    if timeout is not None:
+        timer = threading.Timer(timeout, lambda: trap.handler(signal.SIGTERM, None))
+        timer.daemon = True
+        timer.start()
+    if cancel is not None:
+        threading.Thread(target=_cancel_on, args=(cancel, proc, trap), daemon=True).start()
+    try:
+        for line in proc.stdout:
+            stdout_lines.append(line)
+            if on_stdout_line is not None:
+                on_stdout_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            _kill_group(proc)
+    reader.join(timeout=5)
 
 
 def _cancel_on(cancel: threading.Event, proc: subprocess.Popen[str], trap: _SignalTrap) -> None:

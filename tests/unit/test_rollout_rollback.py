@@ -23,8 +23,10 @@ from factory.aws import AwsClients, AwsTarget, tag_list
 from factory.aws.groups import Group, Refresh, TemplateRef, TemplateVersion
 from factory.aws.model import Image
 from factory.errors import RefusedError
-from factory.localcloud import ext_refresh as X
 from factory.localcloud.app import ActionRequest, ExtensionError
+from factory.localcloud.ext_refresh.api import RefreshApi
+from factory.localcloud.ext_refresh.engine import RefreshRegistry, Timing
+from factory.localcloud.ext_refresh.launch_templates import patch_moto
 from factory.output import Progress
 from factory.rollout import (
     GroupLaunch,
@@ -189,15 +191,14 @@ def cloud() -> Iterator[Cloud]:
         patch.setenv("AWS_ACCESS_KEY_ID", "testing")
         patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         with mock_aws():
-            X.patch_moto()
+            patch_moto()
             slow = SlowImages(set())
-            patch.setattr(X, "TICK", 0.01)
-            patch.setattr(X, "REGISTRY", X.RefreshRegistry(health=slow))
+            api = RefreshApi(RefreshRegistry(health=slow, timing=Timing(tick=0.01)))
             for action, handler in [
-                ("start_instance_refresh", X.start_instance_refresh),
-                ("describe_instance_refreshes", X.describe_instance_refreshes),
-                ("cancel_instance_refresh", X.cancel_instance_refresh),
-                ("rollback_instance_refresh", X.rollback_instance_refresh),
+                ("start_instance_refresh", api.start_instance_refresh),
+                ("describe_instance_refreshes", api.describe_instance_refreshes),
+                ("cancel_instance_refresh", api.cancel_instance_refresh),
+                ("rollback_instance_refresh", api.rollback_instance_refresh),
             ]:
                 patch.setattr(AutoScalingResponse, action, _served(handler), raising=False)
             setup = AwsClients(AwsTarget(REGION))
