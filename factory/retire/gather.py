@@ -7,7 +7,7 @@ the per-image checks (launch permissions, DescribeImageReferences) before the fa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +28,13 @@ from factory.retire.inuse import (
     gather_in_use,
     gather_launch_permissions,
 )
-from factory.retire.plan import RetireFacts, RetireSettings, deregistrations_due, plan_decisions
+from factory.retire.plan import (
+    RetireFacts,
+    RetireSettings,
+    deregistrations_due,
+    might_be_deregistered,
+    plan_decisions,
+)
 
 SNAPSHOT_TAG_FILTER = f"{tags.PREFIX}*"
 
@@ -121,8 +127,7 @@ def gather_retire(
         )
     usages: dict[str, list[Usage]] = {k: list(v) for k, v in report.by_ami().items()}
     notes = list(report.notes)
-    first = plan_decisions(found, usages, settings.policy_for, settings.now, family=settings.family)
-    for region, ami_ids in sorted(deregistrations_due(first).items()):
+    for region, ami_ids in sorted(_deregistrations_due(found, usages, settings).items()):
         more, note = _gather_per_image(scope.clients_for(region), ami_ids)
         for usage in more:
             usages.setdefault(usage.ami_id, []).append(usage)
@@ -131,11 +136,25 @@ def gather_retire(
         images=tuple(found),
         usages={k: tuple(v) for k, v in usages.items()},
         snapshots=tuple(snapshots),
-        snapshot_users={r: frozenset(u) for r, u in users.items()},
+        used_snapshots={r: frozenset(u) for r, u in users.items()},
         calls_by_operation=calls_since(before, call_counts(everyone)),
         scopes=report.scopes,
         notes=tuple(sorted(set(notes))),
     )
+
+
+def _deregistrations_due(
+    found: Sequence[Image], usages: Mapping[str, Sequence[Usage]], settings: RetireSettings
+) -> dict[str, list[str]]:
+    """Region -> the images a plan made from the facts so far would deregister (a first plan,
+    of only the families where an image's grace is over)."""
+    now, policy_for = settings.now, settings.policy_for
+    families = {(i.region, i.family) for i in found if might_be_deregistered(i, policy_for, now)}
+    if not families:
+        return {}
+    candidates = [i for i in found if (i.region, i.family) in families]
+    first = plan_decisions(candidates, usages, policy_for, now, family=settings.family)
+    return deregistrations_due(first)
 
 
 def _gather_in_parallel(

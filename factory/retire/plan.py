@@ -83,7 +83,7 @@ class RetireFacts:
     images: tuple[Image, ...]  # the factory's images in its own account, every region
     usages: Mapping[str, tuple[Usage, ...]]  # AMI id -> every use found
     snapshots: tuple[Snapshot, ...] = ()  # the factory's snapshots (when asked for)
-    snapshot_users: Mapping[str, Collection[str]] = field(default_factory=dict)  # region -> ids
+    used_snapshots: Mapping[str, Collection[str]] = field(default_factory=dict)  # region -> ids
     calls_by_operation: Mapping[str, int] = field(default_factory=dict)
     scopes: tuple[str, ...] = ()  # account/region scanned for uses
     notes: tuple[str, ...] = ()  # what could not be checked
@@ -191,7 +191,7 @@ def plan_retire(facts: RetireFacts, settings: RetireSettings) -> RetirePlan:
     snapshots = (
         plan_snapshots(
             facts.snapshots,
-            facts.snapshot_users,
+            facts.used_snapshots,
             settings.now,
             settings.snapshot_min_age_days,
         )
@@ -232,16 +232,28 @@ def plan_decisions(
     decisions: list[Decision] = []
     for (_region, fam), group in sorted(by_group.items()):
         policy = policy_for(fam)
-        group.sort(key=lambda i: (-created_at(i).timestamp(), i.ami_id))
-        verified = [
-            i
-            for i in group
-            if i.verified and revoked_at(i) is None and i.state in ("available", "disabled")
-        ]
+        dated = sorted(
+            ((created_at(i), i) for i in group), key=lambda p: (-p[0].timestamp(), p[1].ami_id)
+        )
+        verified = [i for _, i in dated if i.verified and i.state in ("available", "disabled")]
         newest = {i.ami_id: rank for rank, i in enumerate(verified[: policy.keep], start=1)}
-        for image in group:
+        for created, image in dated:
+            action, reasons, not_before = _decide(
+                image, created, newest.get(image.ami_id), usages.get(image.ami_id, ()), policy, now
+            )
             decisions.append(
-                _decide(image, newest.get(image.ami_id), usages.get(image.ami_id, ()), policy, now)
+                Decision(
+                    ami_id=image.ami_id,
+                    region=image.region,
+                    family=fam,
+                    version=image.version or "",
+                    name=image.name,
+                    created_at=created,
+                    action=action,
+                    reasons=tuple(reasons),
+                    snapshot_ids=image.snapshot_ids,
+                    not_before=not_before,
+                )
             )
     return tuple(decisions)
 
@@ -256,13 +268,13 @@ def _stamp(moment: datetime) -> str:
 
 def _keep_reasons(
     image: Image,
+    created: datetime,
     rank: int | None,
     used: Sequence[Usage],
     policy: RetentionPolicy,
     now: datetime,
 ) -> list[str]:
     reasons: list[str] = []
-    created = created_at(image)
     if kept_by_tag(image):
         reasons.append(f"tagged {tags.KEEP}")
     if image.state in ("pending", "transient"):
@@ -284,73 +296,77 @@ def _keep_reasons(
     return reasons
 
 
-def _retire_reasons(image: Image, policy: RetentionPolicy, now: datetime) -> list[str]:
-    age = (now - created_at(image)).days
+def _retire_reasons(
+    image: Image, created: datetime, policy: RetentionPolicy, now: datetime
+) -> list[str]:
     if image.revoked:
         why = f"revoked, past its {policy.audit_days}-day audit window"
     elif image.verified:
         why = f"not among the newest {policy.keep} verified"
     else:
         why = f"status {image.status or 'unknown'}, never verified"
-    return [why, f"{age} days old, unused"]
+    return [why, f"{(now - created).days} days old, unused"]
+
+
+_Step = tuple[Action, list[str], datetime | None]  # action, reasons, when deregistration is due
 
 
 def _decide(
     image: Image,
+    created: datetime,
     rank: int | None,
     used: Sequence[Usage],
     policy: RetentionPolicy,
     now: datetime,
-) -> Decision:
-    base = Decision(
-        ami_id=image.ami_id,
-        region=image.region,
-        family=image.family or "",
-        version=image.version or "",
-        name=image.name,
-        created_at=created_at(image),
-        action=Action.KEEP,
-        reasons=(),
-        snapshot_ids=image.snapshot_ids,
-    )
-    keep = _keep_reasons(image, rank, used, policy, now)
+) -> _Step:
+    keep = _keep_reasons(image, created, rank, used, policy, now)
     ours = deprecated_by_retire(image)
     if keep:
         if ours:
             keep.append("was deprecated by an earlier retire run: restore it")
-            return replace(base, action=Action.RESTORE, reasons=tuple(keep))
-        return replace(base, reasons=tuple(keep))
+            return Action.RESTORE, keep, None
+        return Action.KEEP, keep, None
+    reasons = _retire_reasons(image, created, policy, now)
     if ours and image.deprecation_time is not None:
-        return _decide_deprecated(base, image, policy, now)
-    reasons = _retire_reasons(image, policy, now)
+        return _decide_deprecated(image, image.deprecation_time, reasons, policy, now)
     reasons.append(f"deprecate now; deregister after {policy.grace_days} days of grace")
     if is_protected(image.protection, now):
         reasons.append(f"note: deregistration protection is {image.protection}")
-    grace = timedelta(days=policy.grace_days)
-    return replace(base, action=Action.DEPRECATE, reasons=tuple(reasons), not_before=now + grace)
+    return Action.DEPRECATE, reasons, now + timedelta(days=policy.grace_days)
 
 
 def _decide_deprecated(
-    base: Decision, image: Image, policy: RetentionPolicy, now: datetime
-) -> Decision:
+    image: Image,
+    deprecated: datetime,
+    reasons: list[str],
+    policy: RetentionPolicy,
+    now: datetime,
+) -> _Step:
     """An unused image an earlier run deprecated: wait out the grace, then deregister."""
-    assert image.deprecation_time is not None
-    reasons = _retire_reasons(image, policy, now)
-    due = image.deprecation_time + timedelta(days=policy.grace_days)
+    due = deprecated + timedelta(days=policy.grace_days)
     if now < due:
         reasons.append(
-            f"deprecated {_stamp(image.deprecation_time)}; "
-            f"grace ({policy.grace_days} days) ends {_stamp(due)}"
+            f"deprecated {_stamp(deprecated)}; grace ({policy.grace_days} days) ends {_stamp(due)}"
         )
-        return replace(base, action=Action.WAIT, reasons=tuple(reasons), not_before=due)
+        return Action.WAIT, reasons, due
     if is_protected(image.protection, now):
         reasons.append(
             f"deregistration protection is {image.protection}: the factory "
             "never disables it; disable it yourself to let retire proceed"
         )
-        return replace(base, action=Action.PROTECTED, reasons=tuple(reasons))
-    reasons.append(f"deprecated {_stamp(image.deprecation_time)}; grace over")
-    return replace(base, action=Action.DEREGISTER, reasons=tuple(reasons))
+        return Action.PROTECTED, reasons, None
+    reasons.append(f"deprecated {_stamp(deprecated)}; grace over")
+    return Action.DEREGISTER, reasons, None
+
+
+def might_be_deregistered(
+    image: Image, policy_for: Callable[[str], RetentionPolicy], now: datetime
+) -> bool:
+    """Whether a plan could deregister the image (its grace is over): only the families with
+    such an image need a first plan to find the images for the per-image checks."""
+    if not image.family or not deprecated_by_retire(image) or image.deprecation_time is None:
+        return False
+    return now >= image.deprecation_time + timedelta(days=policy_for(image.family).grace_days)
 
 
 def plan_snapshots(

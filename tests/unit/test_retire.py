@@ -26,11 +26,13 @@ from factory.errors import ConfigError
 from factory.output import Progress, dumps
 from factory.retire import (
     Action,
+    Decision,
     RetirePlan,
     RetireScope,
     RetireSettings,
     Usage,
     UsageKind,
+    apply_retire,
     plan_decisions,
     plan_snapshots,
     retire_images,
@@ -430,3 +432,28 @@ def test_an_environment_in_another_account_than_configured_is_refused(
     assert isinstance(done.exception, ConfigError)
     assert "environments.prod.account is 999999999999" in done.exception.message
     assert f"act in account {OTHER}" in done.exception.message
+
+
+def test_apply_rechecks_use_just_before_deregistering(aws: AwsClients) -> None:
+    amis = _seed(aws)
+    ec2 = aws.client("ec2")
+    due = [amis["old"], amis["used"]]  # the instance launched from "used" appeared after the plan
+    phase = [{"Key": tags.RETIRE_PHASE, "Value": "deprecated"}]
+    ec2.create_tags(Resources=due, Tags=phase)
+    images = {i["ImageId"]: i for i in ec2.describe_images(ImageIds=due)["Images"]}
+    snapshot = images[amis["old"]]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    decisions = tuple(
+        Decision(ami, "us-east-1", "web", "", "", NOW, Action.DEREGISTER, ("grace over",))
+        for ami in due
+    )
+    plan = RetirePlan(now=NOW, family=None, policies={}, decisions=decisions)
+    result = apply_retire(plan, RetireScope((aws,)))
+    outcomes = {(o.resource, o.action): o for o in result.outcomes}
+    assert outcomes[(amis["old"], "deregister")].status == "done"
+    assert outcomes[(snapshot, "delete-snapshot")].status == "done"
+    skipped = outcomes[(amis["used"], "deregister")]
+    assert skipped.status == "skipped"
+    assert skipped.detail.startswith("in use again: in use: instance i-")
+    assert not result.failed and result.api_calls > 0
+    left = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    assert amis["used"] in left and amis["old"] not in left
