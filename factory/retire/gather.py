@@ -46,11 +46,15 @@ class RetireScope:
 
     own: tuple[AwsClients, ...]
     environments: tuple[EnvironmentTarget, ...] = ()
+    # The own clients' calls when the scope was made: the plan's calls count from there, so
+    # reaching and checking the environments' accounts is part of making the plan.
+    calls_before: Mapping[str, int] | None = None
 
     @classmethod
     def from_config(cls, config: FactoryConfig, own: Sequence[AwsClients]) -> RetireScope:
         """The configured environments' clients, each checked to act in its account."""
-        return cls(tuple(own), tuple(every_environment(config)))
+        before = call_counts(own)
+        return cls(tuple(own), tuple(every_environment(config)), before)
 
     @property
     def owner_account(self) -> str:
@@ -117,7 +121,7 @@ def gather_retire(
     """The facts in every region and account, read in parallel; then the per-image checks of
     the images a plan would deregister."""
     everyone = scope.every_clients()
-    before = call_counts(everyone)
+    before = call_counts(everyone) if scope.calls_before is None else scope.calls_before
     owner = scope.owner_account
     report, found, snapshots, users = _gather_in_parallel(scope, settings, owner)
     if progress:
