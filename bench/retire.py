@@ -28,7 +28,7 @@ from factory import tags
 from factory.aws import AwsClients, AwsTarget
 from factory.config import RetentionPolicy
 from factory.localcloud import ACCESS_KEY_ID, SECRET_ACCESS_KEY, control
-from factory.retire import build_plan
+from factory.retire import RetireScope, RetireSettings, retire_images
 
 REGION = "us-east-1"
 
@@ -122,7 +122,8 @@ def run(images: int, families: int, templates: int, repeats: int) -> dict[str, A
                 own = AwsClients(AwsTarget(REGION, endpoint_url=status.endpoint_url))
                 own.account_id  # noqa: B018 - resolve the account outside the timed part
                 started = time.monotonic()
-                plan = build_plan([own], [], lambda _f: policy, now=datetime.now(UTC))
+                settings = RetireSettings(now=datetime.now(UTC), retention=policy)
+                plan = retire_images(RetireScope((own,)), settings, apply=False).plan
                 seconds = time.monotonic() - started
                 runs.append(
                     {

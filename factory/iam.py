@@ -255,8 +255,10 @@ ROLES = (
         "ami-factory retirer: find images in use, deprecate and deregister the rest",
         (
             Source("aws", SESSION_PERMISSIONS),
+            # the environments' scan roles (factory.environments; the session assumes them)
+            Source("environments", ("sts:AssumeRole",)),
             Source("retire"),
-            Source("inuse", unscoped=True),
+            Source("retire.inuse", unscoped=True),
         ),
     ),
 )

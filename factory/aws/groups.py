@@ -62,6 +62,7 @@ class Group:
     target_group_arns: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     instances: tuple[GroupInstance, ...] = ()
+    mixed_instances_policy: bool = False  # `template` is the mixed instances policy's
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any], region: str) -> Group:
@@ -98,6 +99,7 @@ class Group:
                 )
                 for i in item.get("Instances") or []
             ),
+            mixed_instances_policy=bool(spec) and not item.get("LaunchTemplate"),
         )
 
 

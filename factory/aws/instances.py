@@ -300,4 +300,20 @@ def send_ssh_public_key(
     )
 
 
+# ---- added for retire ----
+
+
+@requires("ec2:DescribeInstances")
+def find_all(clients: AwsClients, *, states: Sequence[str] = LIVE_STATES) -> list[Instance]:
+    """Every instance in `states`, 1,000 per call (the in-use scan: calls grow with pages)."""
+    reservations = paginate(
+        clients.client("ec2"),
+        "DescribeInstances",
+        "Reservations",
+        Filters=[{"Name": "instance-state-name", "Values": list(states)}],
+        PaginationConfig={"PageSize": 1000},
+    )
+    return _instances(reservations, clients.region)
+
+
 PERMISSIONS = module_permissions(__name__)

@@ -19,7 +19,7 @@ from factory.catalog import (
 )
 from factory.channels import check_channel
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.inuse import ScanTarget, find_in_use
+from factory.retire import ScanTarget, gather_in_use
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def images_list(
     )
     if in_use:
         regional = [ctx.clients(region) for region in cfg.regions]
-        report = find_in_use([ScanTarget(c) for c in regional], owner_account=clients.account_id)
+        report = gather_in_use([ScanTarget(c) for c in regional], owner_account=clients.account_id)
         images = with_usage(images, report.by_ami())
     result = ImageList(cfg.regions, tuple(images))
     ctx.emit(result, render_images(images, len(cfg.regions) > 1))

@@ -11,9 +11,7 @@ import click
 
 from factory.channels import check_channel
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.cli.retire import _environment_targets
 from factory.errors import ConfigError, ExitCode, FactoryError, RefusedError
-from factory.inuse import ScanTarget, find_in_use
 from factory.output import Progress
 from factory.pipeline import (
     DEFAULT_LOCK_TTL,
@@ -33,7 +31,7 @@ from factory.pipeline import (
     release_lock,
 )
 from factory.redact import redact
-from factory.retire import RetireResult, apply_retire, build_plan, unique_targets
+from factory.retire import RetireResult, RetireScope, RetireSettings, retire_images
 
 MAX_LOCK_TTL = 7 * 86400
 
@@ -48,17 +46,9 @@ def _retire_step(cli: CliContext, progress: Progress) -> Callable[[], RetireResu
 
     def retire() -> RetireResult:
         cfg = cli.config
-        own = [cli.clients(region) for region in cfg.regions]
-        others = _environment_targets(cli)
-        plan = build_plan(own, others, cfg.retention_for, now=datetime.now(UTC), progress=progress)
-        owner = own[0].account_id
-        targets = unique_targets([ScanTarget(c) for c in own] + others)
-        return apply_retire(
-            plan,
-            {c.region: c for c in own},
-            recheck=lambda: find_in_use(targets, owner_account=owner),
-            progress=progress,
-        )
+        scope = RetireScope.from_config(cfg, [cli.clients(region) for region in cfg.regions])
+        settings = RetireSettings.from_config(cfg, now=datetime.now(UTC))
+        return retire_images(scope, settings, apply=True, progress=progress)
 
     return retire
 

@@ -2,47 +2,80 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
-from factory.aws import AwsClients, AwsTarget
+from factory.aws.model import parse_time
 from factory.cli.context import CliContext, output_option, pass_cli
-from factory.config import MAX_DAYS, RetentionPolicy
+from factory.config import MAX_DAYS
 from factory.errors import AwsError, ConfigError
-from factory.inuse import ScanTarget, find_in_use
-from factory.retire import (
-    apply_retire,
-    build_plan,
-    parse_time,
-    render_plan,
-    render_result,
-    unique_targets,
-)
+from factory.retire import RetirePlan, RetireResult, RetireScope, RetireSettings, retire_images
 
 
 def _now(value: str | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
-    moment = parse_time(value)
+    moment = parse_time(value.strip())
     if moment is None:
         raise ConfigError(f"--now {value!r} is not an ISO 8601 time; use e.g. 2026-01-31T12:00Z")
     return moment
 
 
-def _environment_targets(ctx: CliContext) -> list[ScanTarget]:
-    """Clients for every configured environment account and region (assumed roles)."""
-    cfg = ctx.config
-    out = []
-    for name, env in sorted(cfg.environments.items()):
-        for region in env.regions or cfg.regions:
-            clients = AwsClients(
-                AwsTarget(region, cfg.profile, env.role_arn or cfg.role_arn, cfg.endpoint_url)
-            )
-            out.append(ScanTarget(clients, environment=name))
-    return out
+def _day(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def render_plan(plan: RetirePlan) -> str:
+    """The plan as a table (deterministic: same facts, same text)."""
+    header = ("REGION", "FAMILY", "VERSION", "AMI", "CREATED", "ACTION", "REASONS")
+    rows = [
+        (
+            d.region,
+            d.family,
+            d.version or "-",
+            d.ami_id,
+            _day(d.created_at),
+            d.action.value,
+            "; ".join(d.reasons),
+        )
+        for d in plan.decisions
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in [header, *rows]
+    ]
+    if plan.snapshots:
+        lines += ["", "SNAPSHOT               REGION      STARTED     GIB  ACTION  REASON"]
+        lines += [
+            f"{s.snapshot_id:<22} {s.region:<11} {_day(s.started_at)}  {s.size_gib:>4}  "
+            f"{s.action:<6}  {s.reason}"
+            for s in plan.snapshots
+        ]
+    counts = plan.counts
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    lines += [
+        "",
+        f"{len(plan.decisions)} images ({summary or 'nothing to do'}); "
+        f"{plan.images_scanned} scanned with {plan.api_calls} API calls",
+    ]
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def render_result(result: RetireResult) -> str:
+    lines = [
+        f"{o.status:<7} {o.action:<16} {o.resource:<22} {o.region:<11} {o.detail}"
+        for o in result.outcomes
+    ]
+    done = sum(1 for o in result.outcomes if o.status == "done")
+    lines.append(
+        f"{done} done, {len(result.failed)} failed, "
+        f"{len(result.outcomes) - done - len(result.failed)} skipped; "
+        f"{result.api_calls} API calls"
+    )
+    return "\n".join(lines)
 
 
 @click.command("retire")
@@ -86,41 +119,21 @@ def retire_command(
 ) -> None:
     """Retire old images: keep what the policy or anything in use needs, retire the rest."""
     cfg = ctx.config
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in (("keep", keep), ("min_age_days", min_age), ("grace_days", grace))
-        if v is not None
-    }
-
-    def policy_for(fam: str) -> RetentionPolicy:
-        return replace(cfg.retention_for(fam), **overrides)
-
-    now = _now(now_text)
-    own = [ctx.clients(region) for region in cfg.regions]
-    others = _environment_targets(ctx)
-    progress = ctx.progress()
-    plan = build_plan(
-        own,
-        others,
-        policy_for,
-        now=now,
+    settings = RetireSettings.from_config(
+        cfg,
+        now=_now(now_text),
         family=family,
         snapshots=snapshots,
-        snapshot_min_age_days=policy_for(family or "").min_age_days,
-        progress=progress,
+        keep=keep,
+        min_age_days=min_age,
+        grace_days=grace,
     )
+    scope = RetireScope.from_config(cfg, [ctx.clients(region) for region in cfg.regions])
+    result = retire_images(scope, settings, apply=mode == "apply", progress=ctx.progress())
     if mode != "apply":
-        ctx.emit(plan, render_plan(plan))
+        ctx.emit(result.plan, render_plan(result.plan))
         return
-    owner = own[0].account_id
-    targets = unique_targets([ScanTarget(c) for c in own] + others)
-    result = apply_retire(
-        plan,
-        {c.region: c for c in own},
-        recheck=lambda: find_in_use(targets, owner_account=owner),
-        progress=progress,
-    )
-    ctx.emit(result, render_plan(plan) + "\n\n" + render_result(result))
+    ctx.emit(result, render_plan(result.plan) + "\n\n" + render_result(result))
     if result.failed:
         raise AwsError(
             f"retire: {len(result.failed)} step(s) failed (listed above); rerun to retry"

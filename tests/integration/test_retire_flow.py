@@ -25,9 +25,16 @@ import pytest
 from factory import tags
 from factory.aws import AwsClients, AwsTarget
 from factory.config import RetentionPolicy
-from factory.inuse import ScanTarget, find_in_use
+from factory.environments import EnvironmentTarget
 from factory.localcloud import control
-from factory.retire import Action, apply_retire, build_plan
+from factory.retire import (
+    Action,
+    RetireScope,
+    RetireSettings,
+    apply_retire,
+    gather_retire,
+    plan_retire,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,14 +238,10 @@ def _rows(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["ami_id"]: row for row in plan["decisions"]}
 
 
-def _clients(world: World) -> tuple[list[AwsClients], list[ScanTarget]]:
-    own = [AwsClients(AwsTarget(REGION, endpoint_url=world.endpoint))]
-    others = [
-        ScanTarget(
-            AwsClients(AwsTarget(REGION, role_arn=ROLE, endpoint_url=world.endpoint)), "prod"
-        )
-    ]
-    return own, others
+def _scope(world: World) -> RetireScope:
+    own = AwsClients(AwsTarget(REGION, endpoint_url=world.endpoint))
+    other = AwsClients(AwsTarget(REGION, role_arn=ROLE, endpoint_url=world.endpoint))
+    return RetireScope((own,), (EnvironmentTarget("prod", other),))
 
 
 def test_plan_keeps_every_image_in_use_with_its_reason(world: World) -> None:
@@ -299,8 +302,9 @@ def test_apply_deprecates_first_then_waits_for_the_grace_period(world: World) ->
 
 def test_after_grace_deregisters_rechecks_use_and_keeps_shared_snapshots(world: World) -> None:
     later = NOW + timedelta(days=8)
-    own, others = _clients(world)
-    plan = build_plan(own, others, lambda _f: POLICY, now=later)
+    scope = _scope(world)
+    settings = RetireSettings(now=later, retention=POLICY)
+    plan = plan_retire(gather_retire(scope, settings), settings)
     actions = {d.ami_id: d.action for d in plan.decisions}
     s = world.special
     assert actions[s["shared_a"]] == Action.DEREGISTER
@@ -309,11 +313,7 @@ def test_after_grace_deregisters_rechecks_use_and_keeps_shared_snapshots(world: 
     ec2 = world.ec2()
     # something starts using an image between the plan and the apply
     ec2.run_instances(ImageId=s["later_used"], MinCount=1, MaxCount=1)
-    owner = own[0].account_id
-    targets = [ScanTarget(own[0]), *others]
-    result = apply_retire(
-        plan, {REGION: own[0]}, recheck=lambda: find_in_use(targets, owner_account=owner)
-    )
+    result = apply_retire(plan, scope)
     by_resource = {(o.resource, o.action): o for o in result.outcomes}
     assert by_resource[(s["later_used"], "deregister")].status == "skipped"
     assert "in use again" in by_resource[(s["later_used"], "deregister")].detail

@@ -11,12 +11,12 @@ from moto import mock_aws
 
 from factory import tags
 from factory.aws import AwsClients, AwsTarget
-from factory.inuse import (
+from factory.retire.inuse import (
     ScanTarget,
     UsageKind,
-    find_in_use,
-    image_reference_usages,
-    launch_permission_usages,
+    gather_image_references,
+    gather_in_use,
+    gather_launch_permissions,
 )
 
 OTHER = "210987654321"
@@ -147,7 +147,9 @@ def test_every_kind_of_use_is_found(aws: None) -> None:
     other = AwsClients(AwsTarget("us-east-1", role_arn=ROLE))
     assert other.account_id == OTHER
     amis = _seed(own, other)
-    report = find_in_use([ScanTarget(own), ScanTarget(other, "prod")], owner_account=own.account_id)
+    report = gather_in_use(
+        [ScanTarget(own), ScanTarget(other, "prod")], owner_account=own.account_id
+    )
     found = report.by_ami()
     kinds = {key: {u.kind for u in found.get(ami, ())} for key, ami in amis.items()}
     assert kinds["lt_old"] == {UsageKind.LAUNCH_TEMPLATE}
@@ -165,9 +167,13 @@ def test_every_kind_of_use_is_found(aws: None) -> None:
     assert found[amis["copy"]][0].account == OTHER
     assert kinds["mixed"] == {UsageKind.LAUNCH_TEMPLATE, UsageKind.AUTO_SCALING_GROUP}
     assert any("override t3.small" in u.resource for u in found[amis["mixed"]])
+    assert any(
+        u.resource.startswith("web-asg via mixed instances policy ")
+        for u in found[amis["lt_default"]]
+    )
     assert kinds["unused"] == set()
     assert kinds["shared"] == set()  # only the per-image check sees launch permissions
-    shared = launch_permission_usages(own, [amis["shared"], amis["unused"]])
+    shared = gather_launch_permissions(own, [amis["shared"], amis["unused"]])
     assert [(u.ami_id, u.kind) for u in shared] == [(amis["shared"], UsageKind.SHARED)]
     assert "111122223333" in shared[0].resource
     assert report.scopes == ("123456789012/us-east-1", f"{OTHER}/us-east-1")
@@ -177,7 +183,7 @@ def test_every_kind_of_use_is_found(aws: None) -> None:
 def test_image_references_unsupported_is_a_note(aws: None) -> None:
     own = AwsClients(AwsTarget("us-east-1"))
     ami = _image(own.client("ec2"), "img-refs")
-    usages, note = image_reference_usages(own, [ami])
+    usages, note = gather_image_references(own, [ami])
     assert usages == ()
     assert note is not None and "DescribeImageReferences" in note
 
@@ -187,10 +193,10 @@ def test_calls_grow_with_pages_not_images(aws: None) -> None:
     ec2 = own.client("ec2")
     ami = _image(ec2, "img-first")
     ec2.create_launch_template(LaunchTemplateName="lt", LaunchTemplateData={"ImageId": ami})
-    few = find_in_use([ScanTarget(own)], owner_account=own.account_id)
+    few = gather_in_use([ScanTarget(own)], owner_account=own.account_id)
     for i in range(150):
         image = _image(ec2, f"img-{i:03d}")
         ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
-    many = find_in_use([ScanTarget(own)], owner_account=own.account_id)
+    many = gather_in_use([ScanTarget(own)], owner_account=own.account_id)
     assert len(many.usages) == len(few.usages) + 150
     assert many.calls_by_operation == few.calls_by_operation
