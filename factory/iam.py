@@ -165,21 +165,6 @@ def _gateway_modules() -> frozenset[str]:
     return names
 
 
-def _legacy_permissions(path: Path, names: tuple[str, ...]) -> set[str]:
-    """A module's literal PERMISSIONS tuple (stages not yet on the gateways declare their own)."""
-    out: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id in names
-            and isinstance(node.value, ast.Tuple)
-        ):
-            out |= set(ast.literal_eval(node.value))
-    return out
-
-
 @cache
 def stage_actions(name: str) -> tuple[str, ...]:
     """The actions of every gateway function a stage's modules use."""
@@ -188,7 +173,6 @@ def stage_actions(name: str) -> tuple[str, ...]:
     for path in stage_files(name):
         for function in gateway_uses(path):
             actions |= set(api.declared(function))
-        actions |= _legacy_permissions(path, ("PERMISSIONS",))
     return tuple(sorted(actions))
 
 
