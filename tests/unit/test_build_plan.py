@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from imagekit import register, register_factory_image
-from moto import mock_aws
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget, tags_dict
+from factory.aws import AwsClients, tags_dict
 from factory.build import (
     BuildInputs,
     BuildPlan,
@@ -47,15 +46,6 @@ TEMPLATES = REPO / "templates"
 PROVISIONERS = REPO / "provisioners"
 OLD_PACKER = PackerVersion(1, 6, 6)
 NOW = datetime(2026, 11, 24, 17, 0, 59, tzinfo=UTC)
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 def _config(tmp_path: Path) -> FactoryConfig:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from imagekit import register, register_base, register_factory_image, tags_of
-from moto import mock_aws
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget
+from factory.aws import AwsClients
 from factory.aws.model import Image
 from factory.catalog import (
     apply_revoke,
@@ -26,15 +24,6 @@ from factory.channels import set_channel
 from factory.errors import ConfigError, RefusedError
 
 CHANNELS = ("dev", "staging", "prod")
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 @pytest.mark.parametrize(

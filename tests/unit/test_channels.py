@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 from imagekit import register_base, register_factory_image
-from moto import mock_aws
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.aws import AwsClients, tag_list
 from factory.channels import (
     ChannelChange,
     ChannelPlan,
@@ -27,15 +25,6 @@ from factory.cli import cli
 from factory.errors import ConfigError, RefusedError
 
 CHANNELS = ("dev", "staging", "prod")
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 def _v(version: int, ami: str, action: str = "set", to: int | None = None) -> ChannelVersion:

@@ -65,71 +65,81 @@ def test_batch_size(capacity: int, minimum: int, maximum: int, expected: int) ->
     assert B.batch_size(capacity, minimum, maximum) == expected
 
 
-def test_plan_batch_terminate_first_keeps_the_minimum() -> None:
-    step = B.plan_batch(
-        remaining=4,
-        capacity=4,
-        current_total=4,
-        healthy=4,
-        min_percent=50,
-        max_percent=100,
-        cap=4,
-    )
-    assert step == B.BatchStep(terminate_now=2, launch=2, terminate_later=0)
-
-
-def test_plan_batch_launch_before_terminate_within_the_maximum() -> None:
-    step = B.plan_batch(
-        remaining=4,
-        capacity=4,
-        current_total=4,
-        healthy=4,
-        min_percent=100,
-        max_percent=150,
-        cap=4,
-    )
-    assert step == B.BatchStep(terminate_now=0, launch=2, terminate_later=2)
-
-
-def test_plan_batch_mixes_both_with_room_and_slack() -> None:
-    step = B.plan_batch(
-        remaining=8,
-        capacity=8,
-        current_total=8,
-        healthy=8,
-        min_percent=50,
-        max_percent=150,
-        cap=8,
-    )
-    # 8 may go up to 12 and down to 4: batch of 8 = 4 launched on top + 4 terminated first
-    assert step == B.BatchStep(terminate_now=4, launch=8, terminate_later=4)
-
-
-def test_plan_batch_replaces_unhealthy_first_without_spending_slack() -> None:
-    step = B.plan_batch(
-        remaining=4,
-        capacity=4,
-        current_total=4,
-        healthy=2,
-        min_percent=50,
-        max_percent=100,
-        cap=4,
-        unhealthy=2,
-    )
-    assert step == B.BatchStep(terminate_now=2, launch=2, terminate_later=0)
-
-
-def test_plan_batch_one_at_a_time_when_nothing_may_drop() -> None:
-    step = B.plan_batch(
-        remaining=3,
-        capacity=4,
-        current_total=4,
-        healthy=4,
-        min_percent=100,
-        max_percent=100,
-        cap=3,
-    )
-    assert step == B.BatchStep(terminate_now=1, launch=1, terminate_later=0)
+@pytest.mark.parametrize(
+    ("situation", "given", "expected"),
+    [
+        (
+            "terminate_first_keeps_the_minimum",
+            {
+                "remaining": 4,
+                "capacity": 4,
+                "current_total": 4,
+                "healthy": 4,
+                "min_percent": 50,
+                "max_percent": 100,
+                "cap": 4,
+            },
+            B.BatchStep(terminate_now=2, launch=2, terminate_later=0),
+        ),
+        (
+            "launch_before_terminate_within_the_maximum",
+            {
+                "remaining": 4,
+                "capacity": 4,
+                "current_total": 4,
+                "healthy": 4,
+                "min_percent": 100,
+                "max_percent": 150,
+                "cap": 4,
+            },
+            B.BatchStep(terminate_now=0, launch=2, terminate_later=2),
+        ),
+        # 8 may go up to 12 and down to 4: batch of 8 = 4 launched on top + 4 terminated first
+        (
+            "mixes_both_with_room_and_slack",
+            {
+                "remaining": 8,
+                "capacity": 8,
+                "current_total": 8,
+                "healthy": 8,
+                "min_percent": 50,
+                "max_percent": 150,
+                "cap": 8,
+            },
+            B.BatchStep(terminate_now=4, launch=8, terminate_later=4),
+        ),
+        (
+            "replaces_unhealthy_first_without_spending_slack",
+            {
+                "remaining": 4,
+                "capacity": 4,
+                "current_total": 4,
+                "healthy": 2,
+                "min_percent": 50,
+                "max_percent": 100,
+                "cap": 4,
+                "unhealthy": 2,
+            },
+            B.BatchStep(terminate_now=2, launch=2, terminate_later=0),
+        ),
+        (
+            "one_at_a_time_when_nothing_may_drop",
+            {
+                "remaining": 3,
+                "capacity": 4,
+                "current_total": 4,
+                "healthy": 4,
+                "min_percent": 100,
+                "max_percent": 100,
+                "cap": 3,
+            },
+            B.BatchStep(terminate_now=1, launch=1, terminate_later=0),
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_plan_batch(situation: str, given: dict[str, int], expected: B.BatchStep) -> None:
+    assert B.plan_batch(**given) == expected, situation
 
 
 def test_plan_batch_stops_at_checkpoint() -> None:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-from moto import mock_aws
 
 from factory import tags
 from factory.aws import AwsClients, AwsTarget
@@ -21,30 +16,6 @@ from factory.retire.inuse import (
 
 OTHER = "210987654321"
 ROLE = f"arn:aws:iam::{OTHER}:role/x"
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL",
-        )
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    with mock_aws():
-        yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _image(ec2: Any, name: str, family: str = "web") -> str:
@@ -142,7 +113,7 @@ def _seed(own: AwsClients, other: AwsClients) -> dict[str, str]:
     return amis
 
 
-def test_every_kind_of_use_is_found(aws: None) -> None:
+def test_every_kind_of_use_is_found(aws: AwsClients) -> None:
     own = AwsClients(AwsTarget("us-east-1"))
     other = AwsClients(AwsTarget("us-east-1", role_arn=ROLE))
     assert other.account_id == OTHER
@@ -180,7 +151,7 @@ def test_every_kind_of_use_is_found(aws: None) -> None:
     assert report.api_calls == sum(report.calls_by_operation.values()) > 0
 
 
-def test_image_references_unsupported_is_a_note(aws: None) -> None:
+def test_image_references_unsupported_is_a_note(aws: AwsClients) -> None:
     own = AwsClients(AwsTarget("us-east-1"))
     ami = _image(own.client("ec2"), "img-refs")
     usages, note = gather_image_references(own, [ami])
@@ -188,7 +159,7 @@ def test_image_references_unsupported_is_a_note(aws: None) -> None:
     assert note is not None and "DescribeImageReferences" in note
 
 
-def test_calls_grow_with_pages_not_images(aws: None) -> None:
+def test_calls_grow_with_pages_not_images(aws: AwsClients) -> None:
     own = AwsClients(AwsTarget("us-east-1"))
     ec2 = own.client("ec2")
     ami = _image(ec2, "img-first")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 from imagekit import register_base, register_factory_image
-from moto import mock_aws
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.aws import AwsClients, tag_list
 from factory.build import BuildPlan, BuildResult, BuiltImage
 from factory.channels import channel_state
 from factory.cli import main
@@ -46,12 +45,6 @@ from factory.verify import Outcome, VerifyResult
 
 NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 CHANNELS = ("dev", "staging", "prod")
-
-
-@pytest.fixture
-def aws() -> Iterator[AwsClients]:
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 def _ssm_value(aws: AwsClients) -> dict[str, Any]:

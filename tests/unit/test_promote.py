@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,12 +156,6 @@ def test_copy_tags_carry_the_verdict_not_local_decisions() -> None:
 
 
 # ---- apply, moto in-process -------------------------------------------------------------------
-
-
-@pytest.fixture
-def aws() -> Iterator[AwsClients]:
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 @pytest.fixture

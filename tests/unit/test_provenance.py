@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from imagekit import JUNIT_FAIL, JUNIT_PASS, facts_for, make_repo, register, register_base, tags_of
 from imagekit import build_tags as make_build_tags
-from moto import mock_aws
 
 from factory import tags as T
-from factory.aws import AwsClients, AwsTarget, tag_list
+from factory.aws import AwsClients, tag_list
 from factory.aws.model import Image
 from factory.cli import cli
 from factory.config import ProvenanceConfig, load_config
@@ -120,15 +118,6 @@ def test_junit_summary() -> None:
 
 
 # ---- against moto ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 class World:

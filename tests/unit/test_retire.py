@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from moto import mock_aws
 
 from factory import tags
-from factory.aws import AwsClients, AwsTarget
+from factory.aws import AwsClients
 from factory.aws.images import Snapshot
 from factory.aws.model import Image
 from factory.cli import cli
@@ -347,12 +345,6 @@ def test_settings_apply_the_command_line_over_each_family_policy(tmp_path: Path)
 # ---- the chain, against moto in-process ----------------------------------------------------------
 
 OTHER = "210987654321"
-
-
-@pytest.fixture
-def aws() -> Iterator[AwsClients]:
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
 
 
 def _config(tmp_path: Path, extra: str = "") -> FactoryConfig:

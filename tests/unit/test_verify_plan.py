@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from moto import mock_aws
 
 from factory import process, tags
 from factory.aws import AwsClients, AwsTarget, tag_list
@@ -229,32 +226,19 @@ def test_caller_cidr_is_this_machine_as_the_instance_sees_it() -> None:
 # --- cleanup finds what an interrupted launch left (moto in-process) ------------------------
 
 
-@pytest.fixture
-def moto_clients() -> Iterator[AwsClients]:
-    saved = {k: os.environ.pop(k, None) for k in ("AWS_ENDPOINT_URL", "AWS_PROFILE")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    with mock_aws():
-        yield AwsClients(AwsTarget("us-east-1"))
-    for key, value in saved.items():
-        if value is not None:
-            os.environ[key] = value
-
-
 def _any_ami(clients: AwsClients) -> str:
     return str(clients.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
 
 
-def test_cleanup_removes_what_an_interrupted_run_created(
-    moto_clients: AwsClients, tmp_path: Path
-) -> None:
+def test_cleanup_removes_what_an_interrupted_run_created(aws: AwsClients, tmp_path: Path) -> None:
     """RunInstances returned but we never saw the id (signal): the run tag still finds it."""
-    ec2 = moto_clients.client("ec2")
-    ami = _any_ami(moto_clients)
+    ec2 = aws.client("ec2")
+    ami = _any_ami(aws)
     target = VerifyTarget(ami_id=ami, name="x", family=None, suite=SUITE)
     workdir = tmp_path / "work"
     workdir.mkdir()
     job = Job(
-        clients=moto_clients,
+        clients=aws,
         target=target,
         settings=VerifySettings(),
         run_id=new_run_id(ami),
@@ -305,16 +289,16 @@ def test_cleanup_removes_what_an_interrupted_run_created(
     assert not workdir.exists()
 
 
-def test_gather_names_missing_images(moto_clients: AwsClients, tmp_path: Path) -> None:
+def test_gather_names_missing_images(aws: AwsClients, tmp_path: Path) -> None:
     _family(tmp_path, "_common", {"test_a.py": "def test_a(host): pass\n"})
     with pytest.raises(ConfigError, match="no such image in us-east-1: ami-12345678"):
-        gather_verify(moto_clients, ["ami-12345678"], templates_dir=tmp_path)
+        gather_verify(aws, ["ami-12345678"], templates_dir=tmp_path)
 
 
-def test_cli_dry_run_prints_the_plan(moto_clients: AwsClients, tmp_path: Path) -> None:
+def test_cli_dry_run_prints_the_plan(aws: AwsClients, tmp_path: Path) -> None:
     common = _family(tmp_path / "templates", "_common", {"test_a.py": "def test_a(host): pass\n"})
-    ami = _any_ami(moto_clients)
-    ec2 = moto_clients.client("ec2")
+    ami = _any_ami(aws)
+    ec2 = aws.client("ec2")
     instance = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]
     own = ec2.create_image(InstanceId=instance["InstanceId"], Name="base-1")["ImageId"]
     ec2.create_tags(Resources=[own], Tags=[{"Key": tags.FAMILY, "Value": "base"}])
