@@ -8,6 +8,8 @@ FACTORY := $(VENV)/bin/factory
 APT_PACKAGES := packer openssh-server debootstrap util-linux iproute2 git
 STATE := .factory
 PYTEST_ARGS ?=
+# two workers: the integration tier in one (one local cloud, in order), unit tests in both
+PYTEST_XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: setup system venv demo test test-unit lint bench clean
 
@@ -38,7 +40,7 @@ demo: setup
 	@bash infra/demo.sh
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

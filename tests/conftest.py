@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(tier in item.path.parents for tier in INTEGRATION_TIER):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist (`make test`: -n 2 --dist loadgroup) the integration tier is one unit
+    of work: one worker runs it in order on one local cloud, the unit tests share the other.
+    (xdist's own xdist_group marks rename node ids, which pytest 9 no longer allows.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    tiers = tuple(f"{t.relative_to(REPO).as_posix()}/" for t in INTEGRATION_TIER)
+
+    class TierScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "localcloud" if nodeid.startswith(tiers) else nodeid
+
+    return TierScheduling(config, log)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
